@@ -1,0 +1,53 @@
+"""The `tune` app. This module only joins the commands; each lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tunecli import __version__
+from tunecli.cli import console
+from tunecli.errors import TuneError
+
+app = typer.Typer(
+    name="tune",
+    help="Write and run GRPO post-training recipes.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Examples:  tune list  ·  tune new  ·  tune new --preset quickstart --yes  ·  tune run generated/NAME.sh",
+)
+
+
+def _register() -> None:
+    # Imported here so `tune --help` stays fast; heavy libraries load inside each command.
+    from tunecli.cli import export, list as list_cmd, new, run, train, validate
+
+    for module in (list_cmd, new, validate, run, train, export):
+        module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.info(f"tunecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Write and run GRPO post-training recipes."""
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except TuneError as e:  # normally caught in commands; this is the last safety net
+        console.error(str(e))
+        sys.exit(1)

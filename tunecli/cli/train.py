@@ -1,0 +1,9 @@
+"""`tune train` (placeholder until its issue lands)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train", hidden=True)
+    def _cmd() -> None:
+        raise typer.Exit(2)

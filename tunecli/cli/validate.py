@@ -1,0 +1,9 @@
+"""`tune validate` (placeholder until its issue lands)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("validate", hidden=True)
+    def _cmd() -> None:
+        raise typer.Exit(2)

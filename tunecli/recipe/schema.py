@@ -1,0 +1,196 @@
+"""The recipe config: one pydantic schema shared by the wizard, the renderer and the trainer.
+
+Leaf names follow verl where the concept is the same (``data.train_batch_size``,
+``actor.kl_loss_coef``, ``rollout.gpu_memory_utilization`` ...), so verl users feel at home.
+Each field's ``description`` is written once and reused as the wizard's help, the ``--help`` text
+and the comment in the rendered YAML.
+
+Batch-size semantics (the #1 confusion in verl threads), all counted in *prompts* unless noted:
+  data.train_batch_size            prompts per training step (global, all ranks)
+  rollout.n                        samples per prompt (the GRPO group)
+  actor.ppo_mini_batch_size        prompts per optimizer step (train_batch_size / this = updates/step)
+  actor.ppo_micro_batch_size_per_gpu  *samples* per forward/backward on one rank (grad accumulation)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo"]
+Method = Literal["lora", "full"]
+Engine = Literal["vllm", "hf"]
+Strategy = Literal["fsdp2", "none"]
+LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KLType = Literal["k1", "k2", "k3", "low_var_kl", "kl", "mse"]
+
+
+class Section(BaseModel):
+    """A config group: unknown keys are errors (reported with a 'did you mean')."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "smollm2-135m",
+        description="Model to train: 'smollm2-135m' (embedded, no download), a local HF directory, or a hub id.",
+    )
+    method: Method = Field("lora", description="'lora' trains a peft adapter; 'full' trains every weight.")
+    lora_rank: int = Field(16, ge=0, description="LoRA rank r (method lora). verl's examples use 32.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha; the adapter is scaled by alpha / rank.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get an adapter: 'all-linear' or a list such as [q_proj, v_proj]."
+    )
+    enable_gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, about 30% more compute."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the trained weights (float32 is fastest on CPUs without AMX)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only).")
+
+
+class DataConfig(Section):
+    dataset: str = Field(
+        "arithmetic", description="Dataset: arithmetic, countdown (generated, seeded), gsm8k, or custom."
+    )
+    train_files: str | None = Field(None, description="Train file (.jsonl or .parquet) for gsm8k/custom.")
+    val_files: str | None = Field(None, description="Held-out file (.jsonl or .parquet) for gsm8k/custom.")
+    prompt_key: str = Field("question", description="Column holding the prompt text (custom datasets).")
+    answer_key: str = Field("answer", description="Column holding the ground truth (custom datasets).")
+    difficulty: int = Field(1, ge=1, le=5, description="Synthetic datasets: 1 (easy) to 5 (hard).")
+    train_size: int = Field(2000, ge=1, description="Synthetic datasets: number of training prompts.")
+    val_size: int = Field(64, ge=1, description="Held-out prompts used for validation accuracy.")
+    system_prompt: str | None = Field(None, description="Optional system message for the chat template.")
+    train_batch_size: int = Field(8, ge=1, description="Prompts per training step, all ranks together.")
+    max_prompt_length: int = Field(128, ge=8, description="Longest prompt in tokens, after the chat template.")
+    max_response_length: int = Field(64, ge=1, description="Most new tokens sampled per response.")
+    filter_overlong_prompts: bool = Field(True, description="Drop prompts over max_prompt_length instead of failing.")
+    shuffle: bool = Field(True, description="Shuffle training prompts each epoch (seeded).")
+
+
+class RewardConfig(Section):
+    function: str = Field(
+        "arithmetic",
+        description="Reward: arithmetic, gsm8k, gsm8k_flexible, countdown, format, or path/to/file.py:function.",
+    )
+    format_pattern: str | None = Field(None, description="Regex a completion must match (reward 'format').")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the reward.")
+
+
+class AlgorithmConfig(Section):
+    name: Algorithm = Field("grpo", description="grpo, dr_grpo, dapo or rloo: named settings of one GRPO loss.")
+    norm_adv_by_std_in_grpo: bool = Field(
+        True, description="Divide group advantages by the group std (GRPO); off for Dr. GRPO."
+    )
+    filter_groups: bool = Field(
+        False, description="Drop groups whose rewards are all equal (zero advantage) before the update (DAPO)."
+    )
+
+
+class ActorConfig(Section):
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    lr_scheduler_type: Literal["constant", "cosine"] = Field("constant", description="Schedule after warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    ppo_mini_batch_size: int = Field(8, ge=1, description="Prompts per optimizer step (<= train_batch_size).")
+    ppo_micro_batch_size_per_gpu: int = Field(
+        8, ge=1, description="Samples per forward/backward pass on one rank (gradient accumulation)."
+    )
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    clip_ratio_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1.")
+    clip_ratio_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1 (DAPO clip-higher: 0.28).")
+    clip_ratio_c: float | None = Field(
+        3.0, gt=1, description="Dual-clip bound for negative advantages; null turns dual clip off."
+    )
+    loss_agg_mode: LossAggMode = Field("token-mean", description="How token losses are averaged.")
+    use_kl_loss: bool = Field(True, description="Add a KL(policy || reference) term to the loss.")
+    kl_loss_coef: float = Field(0.001, ge=0, description="Coefficient of the KL loss term.")
+    kl_loss_type: KLType = Field("low_var_kl", description="KL estimator: k1, k2, k3/low_var_kl.")
+    entropy_coeff: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
+    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    param_offload: bool = Field(False, description="FSDP2: keep parameters on the CPU between uses (GPU).")
+    optimizer_offload: bool = Field(False, description="FSDP2: keep optimizer state on the CPU (GPU).")
+
+
+class RolloutConfig(Section):
+    name: Engine = Field("hf", description="Rollout engine: vllm (fast, colocated) or hf (transformers generate).")
+    n: int = Field(4, ge=1, description="Samples per prompt: the GRPO group size.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="vLLM's memory share (on CPU: share of RAM for its KV cache)."
+    )
+    tensor_model_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size (GPUs per engine).")
+    max_model_len: int | None = Field(None, description="vLLM max sequence length; default prompt + response.")
+    max_num_seqs: int = Field(256, ge=1, description="vLLM: most sequences in one batch.")
+    max_num_batched_tokens: int | None = Field(None, description="vLLM: most tokens in one scheduler step.")
+    enforce_eager: bool = Field(True, description="vLLM: no CUDA graphs (required on CPU, saves memory on GPU).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Engine dtype.")
+    enable_sleep_mode: bool = Field(False, description="vLLM on GPU: free the engine's memory during training.")
+    lora_sync: Literal["adapter", "merge"] = Field(
+        "merge", description="LoRA weight sync: push the merged weights, or the adapter as a LoRARequest."
+    )
+    use_rollout_logprobs: bool = Field(
+        False, description="Use the engine's log-probs as the old policy's instead of recomputing them."
+    )
+
+
+class TrainerConfig(Section):
+    project_name: str = Field("tunecli", description="Project name (for loggers).")
+    experiment_name: str = Field("run", description="Run name; the wizard sets it to the recipe name.")
+    total_epochs: int = Field(1, ge=1, description="Passes over the training prompts.")
+    total_training_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
+    save_freq: int = Field(-1, description="Checkpoint every N steps (-1: only at the end).")
+    test_freq: int = Field(-1, description="Validate every N steps (-1: only before and after).")
+    val_before_train: bool = Field(True, description="Measure validation accuracy before the first step.")
+    seed: int = Field(0, description="Seed for data order, sampling and init.")
+    default_local_dir: str | None = Field(None, description="Run directory; default runs/<experiment_name>.")
+    resume: bool = Field(True, description="Resume from the latest checkpoint in the run directory.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores/ranks).")
+
+
+class LaunchConfig(Section):
+    hardware: str = Field("cpu", description="Hardware catalogue name: cpu, h100, h800, h200, h20, a100-80g ...")
+    nnodes: int = Field(1, ge=1, description="Number of machines.")
+    n_gpus_per_node: int = Field(1, ge=1, description="Processes per machine (GPUs, or CPU processes).")
+    strategy: Strategy = Field("none", description="fsdp2 shards training over processes; none = one process.")
+    rdzv_endpoint: str = Field("127.0.0.1:29500", description="torchrun rendezvous HOST:PORT for nnodes > 1.")
+    launcher: Literal["local", "slurm"] = Field("local", description="local (torchrun) or slurm (sbatch file).")
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.n_gpus_per_node
+
+
+class Recipe(Section):
+    """A whole recipe: what `tune new` writes and `tune train` reads."""
+
+    name: str = Field("quickstart", description="Recipe name: [model]_[algo][-lora]_[gpus]_[gpu]_[strategy]_[engine].")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    actor: ActorConfig = Field(default_factory=ActorConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Recipe:
+        # Derived defaults live here, once, so the wizard and the trainer can never disagree.
+        if self.rollout.max_model_len is None:
+            object.__setattr__(
+                self.rollout, "max_model_len", self.data.max_prompt_length + self.data.max_response_length
+            )
+        return self
+
+    @property
+    def max_model_len(self) -> int:
+        assert self.rollout.max_model_len is not None
+        return self.rollout.max_model_len
