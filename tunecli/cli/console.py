@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(highlight=False)
@@ -18,11 +19,12 @@ def success(msg: str) -> None:
 
 
 def warning(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {msg}")
+    err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
 
 
 def error(msg: str) -> None:
-    err.print(f"[red bold]error:[/red bold] {msg}", soft_wrap=False)
+    # Messages quote user values ([a,b], paths): never read them as markup.
+    err.print(f"[red bold]error:[/red bold] {escape(msg)}", soft_wrap=False)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:

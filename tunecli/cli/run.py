@@ -1,9 +1,92 @@
-"""`tune run` (placeholder until its issue lands)."""
+"""`tune run NAME.sh|NAME.yaml [-- section.key=value ...]`: check a recipe, then launch its trainer."""
+
+from __future__ import annotations
+
+import shlex
 
 import typer
 
+from tunecli.cli import console
+from tunecli.errors import TuneError
+
+EPILOG = (
+    "Examples:  tune run generated/quickstart.sh  ·  tune run generated/quickstart.sh --dry-run  ·  "
+    "tune run generated/quickstart.sh -- trainer.total_training_steps=5 actor.lr=1e-5  ·  "
+    "tune run generated/quickstart.yaml --no-resume"
+)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("run", hidden=True)
-    def _cmd() -> None:
-        raise typer.Exit(2)
+    @app.command("run", epilog=EPILOG)
+    def run(
+        recipe: str = typer.Argument(..., help="NAME.sh written by `tune new` (or its NAME.yaml)."),
+        overrides: list[str] = typer.Argument(None, help="section.key=value overrides after `--`, e.g. -- rollout.n=8"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the command lines; run nothing."),
+        trust: bool = typer.Option(False, "--trust", help="Run a script that tunecli did not write."),
+        no_resume: bool = typer.Option(False, "--no-resume", help="Start over instead of resuming the latest checkpoint."),
+    ) -> None:
+        """Check the recipe (header hash, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
+        from tunecli.launch import hardware, plan as planning
+        from tunecli.launch.runner import run_child
+
+        overrides = overrides or []
+        try:
+            target = planning.resolve_target(recipe, trust=trust, overrides=overrides)
+            for w in target.warnings:
+                console.warning(w)
+            if target.recipe is not None and not target.slurm:
+                report = hardware.check_hardware(target.recipe, hardware.detect_machine())
+                for w in report.warnings:
+                    console.warning(w)
+                for n in report.notes:
+                    console.info(n)
+            launch = planning.plan(target, overrides, no_resume=no_resume)
+        except TuneError as e:
+            console.error(str(e))
+            raise typer.Exit(1) from None
+
+        for n in launch.notes:
+            console.info(n)
+        lines = launch.lines()
+        if dry_run:
+            console.info("Would run:")
+            console.out.print(lines[0], markup=False, soft_wrap=True)
+            if len(lines) > 1:
+                console.info("which runs:")
+                console.out.print(lines[1], markup=False, soft_wrap=True)
+            if target.recipe is not None and target.recipe.launch.nnodes > 1:
+                console.info(f"(on each of the {target.recipe.launch.nnodes} machines)")
+            raise typer.Exit(0)
+
+        console.info(f"[bold]tune run[/bold] {shlex.quote(recipe)}: {lines[-1]}")
+
+        def on_interrupt(count: int) -> None:
+            if count == 1:
+                console.warning("Ctrl-C: stopping after the trainer writes its checkpoint (Ctrl-C again: quit without saving).")
+            elif count == 2:
+                console.warning("Ctrl-C again: the trainer quits without saving (a third Ctrl-C kills every process).")
+            else:
+                console.warning("Killing the run and all its processes.")
+
+        outcome = run_child(launch.command, launch.env, on_interrupt=on_interrupt)
+        code = outcome.returncode
+        if outcome.interrupted and code != 0:
+            _report_interrupt(target)
+            if code == 1 and target.recipe is not None and target.recipe.launch.world_size > 1:
+                # torchrun ends a run it forwarded Ctrl-C to with its own code 1; the workers exited 130.
+                code = 130
+        raise typer.Exit(code)
+
+
+def _report_interrupt(target) -> None:
+    if target.recipe is None:
+        return
+    from tunecli.launch.plan import run_dir
+    from tunecli.trainer.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir(target.recipe))
+    again = shlex.join(["tune", "run", str(target.path)])
+    if ckpt is not None:
+        console.info(f"Stopped. Latest checkpoint: {ckpt}. Run `{again}` again to resume from it.")
+    else:
+        console.info(f"Stopped before any checkpoint was written; `{again}` starts from the beginning.")

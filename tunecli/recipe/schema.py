@@ -100,6 +100,12 @@ class ActorConfig(Section):
     ppo_micro_batch_size_per_gpu: int = Field(
         8, ge=1, description="Samples per forward/backward pass on one rank (gradient accumulation)."
     )
+    ppo_max_token_len_per_gpu: int | None = Field(
+        None,
+        ge=1,
+        description="If set, micro-batches are packed up to this many tokens per rank instead of a fixed "
+        "sample count (verl's use_dynamic_bsz).",
+    )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     clip_ratio_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1.")
     clip_ratio_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1 (DAPO clip-higher: 0.28).")
@@ -153,6 +159,9 @@ class TrainerConfig(Section):
     resume: bool = Field(True, description="Resume from the latest checkpoint in the run directory.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
     num_threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores/ranks).")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Wall-clock budget: no new step starts unless it and the final validation fit."
+    )
 
 
 class LaunchConfig(Section):

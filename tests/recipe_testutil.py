@@ -1,0 +1,34 @@
+"""Helpers shared by the recipe tests (wizard, catalogue, checks, rendering)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tune(*args, env: dict[str, str] | None = None):
+    """Run the `tune` app in-process (stdin is not a TTY); returns the click Result."""
+    from tunecli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120", **(env or {})},
+                              catch_exceptions=False)
+
+
+def tune_subprocess(*args, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60):
+    """Run the installed `tune` console script with stdin closed."""
+    return subprocess.run(["tune", *map(str, args)], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def files_in(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone (for substring checks)."""
+    return " ".join(text.split())

@@ -1,0 +1,204 @@
+"""End to end through the real code: a tiny random Llama trained with the HF engine, then Ctrl-C,
+resume, and the same result as an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+# A reward with variance on random-weight text, so the policy really moves: longer completions score more.
+REWARD_PY = """
+def length_reward(prompt, completion, ground_truth, **kwargs):
+    return min(len(completion), 40) / 40.0
+"""
+
+
+def write_recipe(tmp: Path, model_dir: Path, run_dir: Path, **overrides) -> Path:
+    (tmp / "reward.py").write_text(REWARD_PY)
+    recipe = {
+        "name": "tiny",
+        "model": {"path": str(model_dir), "lora_rank": 4, "lora_alpha": 8},
+        "data": {"dataset": "arithmetic", "difficulty": 2, "train_size": 32, "val_size": 4,
+                 "train_batch_size": 2, "max_response_length": 6},
+        "reward": {"function": f"{tmp / 'reward.py'}:length_reward"},
+        "actor": {"ppo_mini_batch_size": 1, "ppo_micro_batch_size_per_gpu": 3, "lr": 5e-3, "ppo_epochs": 2},
+        "rollout": {"n": 4},
+        "trainer": {"total_training_steps": 4, "save_freq": 1, "test_freq": 2, "default_local_dir": str(run_dir),
+                    "num_threads": 1, "seed": 3},
+    }
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        recipe[section][field] = value
+    path = tmp / f"{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def train(config: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tunecli.train", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, env=_env(),
+    )
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def steps(run_dir: Path) -> dict[int, dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records if "reward/mean" in r}
+
+
+def final_weights(run_dir: Path):
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    out = run_dir / "final.pt"
+    dcp_to_torch_save(ckpts[-1] / "model_optim", out)
+    return ckpts[-1].name, torch.load(out, weights_only=False)
+
+
+@pytest.mark.slow
+def test_interrupt_and_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
+    import torch
+
+    # 1. The uninterrupted reference run.
+    ref_dir = tmp_path / "ref"
+    ref = train(write_recipe(tmp_path, tiny_model_dir, ref_dir))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_steps = steps(ref_dir)
+    assert sorted(ref_steps) == [1, 2, 3, 4]
+    assert any(r["actor/grad_norm"] > 0 for r in ref_steps.values())  # it really trained
+    assert (ref_dir / "reward.png").is_file() and "peak memory" in ref.stdout
+
+    # 2. The same recipe, interrupted with Ctrl-C after its first step.
+    run_dir = tmp_path / "interrupted"
+    config = write_recipe(tmp_path, tiny_model_dir, run_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunecli.train", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").is_file() and steps(run_dir):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Resume with" in out and "python -m tunecli.train" in out
+    interrupted_at = max(steps(run_dir))
+    assert interrupted_at < 4
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # nothing half-written
+
+    # 3. Resume: same command, picks up the checkpoint and finishes.
+    resumed = train(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout
+
+    got = steps(run_dir)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        for key in ("reward/mean", "actor/pg_loss", "actor/kl", "actor/grad_norm", "response/length"):
+            assert got[step][key] == pytest.approx(ref_steps[step][key], rel=1e-5, abs=1e-7), (step, key)
+    name_a, weights_a = final_weights(ref_dir)
+    name_b, weights_b = final_weights(run_dir)
+    assert name_a == name_b == "step_4"
+    lora = {k: v for k, v in weights_a["model"].items() if "lora" in k}
+    assert lora, "a LoRA checkpoint holds the adapter"
+    for key, value in lora.items():
+        assert torch.allclose(value, weights_b["model"][key], atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_math_and_no_resume_starts_over(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    config = write_recipe(tmp_path, tiny_model_dir, run_dir, **{"trainer.total_training_steps": 1, "trainer.test_freq": -1})
+    first = train(config, "trainer.val_before_train=false")
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = train(config, "actor.lr=1e-2", "trainer.total_training_steps=2")
+    assert refused.returncode == 1
+    assert "actor.lr" in refused.stderr and "--no-resume" in refused.stderr and "Traceback" not in refused.stderr
+    # Longer run, same math: resumes.
+    longer = train(config, "trainer.total_training_steps=2", "trainer.val_before_train=false")
+    assert longer.returncode == 0 and "Resumed from" in longer.stdout, longer.stderr[-2000:]
+    fresh = train(config, "--no-resume", "actor.lr=1e-2", "trainer.total_training_steps=1", "trainer.val_before_train=false")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert (run_dir / "checkpoints-previous").is_dir() and (run_dir / "checkpoints" / "step_1").is_dir()
+
+
+def test_shared_prompt_pass_equals_full_pass(tmp_path, tiny_model_dir):
+    """The trainer runs each group's prompt once and its n responses on the shared KV cache: same
+    log-probs and gradients as one plain pass per sample."""
+    import torch
+
+    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.trainer import grpo
+    from tunecli.trainer.loop import Trainer
+    from tunecli.trainer.rollout import Rollout
+
+    recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4}, "rollout": {"n": 3},
+                               "trainer": {"default_local_dir": str(tmp_path / "run")}})
+    trainer = Trainer(recipe, resume=False)
+    trainer.setup()
+    try:
+        torch.manual_seed(0)
+        for p in trainer.policy.trainable_parameters():
+            torch.nn.init.normal_(p, std=0.05)  # LoRA B starts at zero: give the adapter a real effect
+        prompts = [[1, 5, 6, 7], [1, 9, 10, 11, 12, 13]]
+        rollout = Rollout(prompt_ids=[p for p in prompts for _ in range(3)],
+                          response_ids=[[4], [4, 5, 6], [7, 8], [9, 9, 9, 2], [3], [5, 6]], finished=[True] * 6)
+        params = trainer.policy.trainable_parameters()
+        results = []
+        for fn in (trainer._logits_full, trainer._logits_shared_prompts):
+            logits, targets, mask = fn(trainer.policy.model, rollout, list(range(6)))
+            logp = grpo.token_logprobs(logits, targets) * mask  # [6, 4]
+            results.append((logp, torch.autograd.grad(logp.sum(), params)))
+        (full, g_full), (shared, g_shared) = results
+        assert torch.allclose(full, shared, atol=1e-5)
+        for a, b in zip(g_full, g_shared):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    finally:
+        trainer.cleanup()
+
+
+def test_hf_engine_shared_prefill_matches_plain_generation(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunecli.trainer.rollout import SamplingSettings
+    from tunecli.trainer.rollout.hf import HFEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    prompts = [[1, 5, 6, 7, 8], [9, 10], [11, 12, 13]]  # different lengths: left padding
+    greedy = dict(temperature=0.0, max_new_tokens=5)
+    shared = engine.generate(prompts, SamplingSettings(n=2, **greedy))
+    plain = engine.generate([p for p in prompts for _ in range(2)], SamplingSettings(n=1, **greedy))
+    assert shared.response_ids == plain.response_ids and shared.prompt_ids == plain.prompt_ids
+    assert all(len(r) <= 5 for r in shared.response_ids)
+    sampled = [engine.generate(prompts, SamplingSettings(n=2, temperature=1.0, max_new_tokens=5, seed=3)) for _ in range(2)]
+    assert sampled[0].response_ids == sampled[1].response_ids  # the seed pins the draw
+
+
+def test_tune_train_user_errors_are_one_paragraph(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunecli.cli import app
+
+    config = write_recipe(tmp_path, tiny_model_dir, tmp_path / "run")
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "actor.lrr=1e-5"])
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 1 and "did you mean 'lr'" in text and "Traceback" not in text
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "actor.ppo_mini_batch_size=3"])
+    assert result.exit_code == 1 and "ppo_mini_batch_size=3 must divide" in " ".join(result.output.split())

@@ -1,0 +1,307 @@
+"""The catalogue: one YAML file per menu in ``data/``, loaded and validated with pydantic.
+
+``tune list``, ``tune new`` and the checks all look names up here; a model name that is not in
+the catalogue is treated as a path or hub id (its shape read from its config.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunecli.errors import TuneError, did_you_mean
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str = ""
+
+
+class ModelEntry(Entry):
+    """A model's shape: everything the memory estimate needs."""
+
+    hf_id: str | None = None
+    aliases: list[str] = Field(default_factory=list, description="Other names for the same checkpoint.")
+    embedded: bool = False
+    params_b: float = Field(description="Published parameter count in billions.")
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    max_position: int
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    head_dim: int | None = None
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def params(self) -> int:
+        return int(round(self.params_b * 1e9))
+
+    def param_count_from_shape(self) -> int:
+        """Parameters implied by the shape (a Llama/Qwen2 decoder); tests compare it with params_b."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_heads * self.head_size
+        q = self.heads * self.head_size
+        attn = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if self.qkv_bias else 0)
+        per_layer = attn + 3 * h * i + 2 * h
+        embed = self.vocab * h * (1 if self.tie_embeddings else 2)
+        return embed + self.layers * per_layer + h
+
+    @classmethod
+    def from_config(cls, name: str, config: dict[str, Any]) -> ModelEntry:
+        """Shape of a custom model from its HF config.json (text models; vision configs nest it)."""
+        cfg = config.get("text_config", config)
+        try:
+            heads = int(cfg["num_attention_heads"])
+            entry = cls(
+                name=name,
+                description="custom model (shape from config.json)",
+                params_b=0.0,
+                layers=int(cfg["num_hidden_layers"]),
+                hidden=int(cfg["hidden_size"]),
+                intermediate=int(cfg.get("intermediate_size") or 4 * int(cfg["hidden_size"])),
+                heads=heads,
+                kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                vocab=int(cfg["vocab_size"]),
+                max_position=int(cfg.get("max_position_embeddings") or 4096),
+                tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") in ("qwen2",))),
+                head_dim=cfg.get("head_dim"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise TuneError(
+                f"model.path '{name}': its config.json lacks {e} needed to size the model. Use a "
+                "decoder-only HF checkpoint (config.json with num_hidden_layers, hidden_size, ...).",
+                field="model.path",
+            ) from None
+        return entry.model_copy(update={"params_b": entry.param_count_from_shape() / 1e9})
+
+
+class HardwareEntry(Entry):
+    kind: Literal["cpu", "gpu"]
+    memory_gib: float | None = Field(None, description="Per device; null = this machine's RAM.")
+    bf16: bool
+
+    def memory_bytes(self) -> int:
+        if self.memory_gib is not None:
+            return int(self.memory_gib * 2**30)
+        return system_ram_bytes()
+
+
+class AlgorithmEntry(Entry):
+    settings: dict[str, Any]
+
+
+class MethodEntry(Entry):
+    settings: dict[str, Any]
+
+
+class EngineEntry(Entry):
+    module: str | None = None
+    install: dict[str, str] = Field(default_factory=dict)
+
+
+class StrategyEntry(Entry):
+    name_in_recipe: str
+
+
+class DatasetEntry(Entry):
+    kind: Literal["generated", "file"]
+    default_reward: str | None = None
+    train_files: str | None = None
+    val_files: str | None = None
+
+
+class RewardEntry(Entry):
+    pass
+
+
+class PresetEntry(Entry):
+    verl_script: str | None = None
+    recipe: dict[str, Any] = Field(description="Nested partial recipe (after `extends` is merged).")
+
+    @property
+    def hardware(self) -> str:
+        return self.recipe.get("launch", {}).get("hardware", "cpu")
+
+    @property
+    def gpus(self) -> int:
+        launch = self.recipe.get("launch", {})
+        return launch.get("nnodes", 1) * launch.get("n_gpus_per_node", 1)
+
+
+def system_ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small laptop
+        return 16 * 2**30
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read(name: str) -> Any:
+    path = DATA_DIR / f"{name}.yaml"
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _resolve_bases(bases: dict[str, dict[str, Any]], name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if name in seen:
+        raise ValueError(f"presets.yaml: base '{name}' extends itself")
+    if name not in bases:
+        raise ValueError(f"presets.yaml: unknown base '{name}'{did_you_mean(name, bases)}")
+    block = dict(bases[name])
+    parent = block.pop("extends", None)
+    return deep_merge(_resolve_bases(bases, parent, (*seen, name)), block) if parent else block
+
+
+def _load_presets() -> list[PresetEntry]:
+    raw = _read("presets")
+    bases = raw.get("bases", {})
+    out = []
+    for item in raw["presets"]:
+        item = dict(item)
+        parent = item.pop("extends", None)
+        recipe = item.pop("recipe", {}) or {}
+        if parent:
+            recipe = deep_merge(_resolve_bases(bases, parent), recipe)
+        out.append(PresetEntry(recipe=recipe, **item))
+    return out
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    models: list[ModelEntry]
+    algorithms: list[AlgorithmEntry]
+    methods: list[MethodEntry]
+    hardware: list[HardwareEntry]
+    engines: list[EngineEntry]
+    strategies: list[StrategyEntry]
+    datasets: list[DatasetEntry]
+    rewards: list[RewardEntry]
+    presets: list[PresetEntry]
+
+    MENUS: ClassVar[tuple[str, ...]] = (
+        "presets", "models", "algorithms", "methods", "hardware", "engines", "strategies", "datasets", "rewards",
+    )
+
+    def menu(self, menu: str) -> list[Entry]:
+        return list(getattr(self, menu))
+
+    def names(self, menu: str) -> list[str]:
+        return [e.name for e in self.menu(menu)]
+
+    def find(self, menu: str, name: str) -> Entry | None:
+        for e in self.menu(menu):
+            if e.name == name:
+                return e
+        return None
+
+    def get(self, menu: str, name: str, *, field: str) -> Any:
+        """The entry called ``name``, or a TuneError listing the choices."""
+        entry = self.find(menu, name)
+        if entry is None:
+            choices = self.names(menu)
+            raise TuneError(
+                f"{field} '{name}' is not in the {menu} catalogue{did_you_mean(name, choices)}. "
+                f"Choose one of: {', '.join(choices)} (see `tune list {menu}`).",
+                field=field,
+            )
+        return entry
+
+    def preset(self, name: str) -> PresetEntry:
+        for p in self.presets:
+            if name in (p.name, p.verl_script, (p.verl_script or "").removesuffix(".sh")):
+                return p
+        return self.get("presets", name, field="--preset")
+
+    def model_by_path(self, path: str) -> ModelEntry | None:
+        """Catalogue entry for a model.path given as catalogue name or hub id (case-insensitive)."""
+        low = path.lower().rstrip("/")
+        for m in self.models:
+            if low in (m.name, (m.hf_id or "").lower()):
+                return m
+        return None
+
+    def model_by_basename(self, path: str) -> ModelEntry | None:
+        """Catalogue entry whose hub id or alias ends like ``path`` (a local copy such as ~/models/Qwen2.5-7B-Instruct)."""
+        base = path.rstrip("/").rsplit("/", 1)[-1].lower()
+        for m in self.models:
+            names = [(m.hf_id or "").rsplit("/", 1)[-1], *m.aliases]
+            if base in (n.lower() for n in names if n):
+                return m
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def load_catalog() -> Catalog:
+    try:
+        return Catalog(
+            models=_read("models"),
+            algorithms=_read("algorithms"),
+            methods=_read("methods"),
+            hardware=_read("hardware"),
+            engines=_read("engines"),
+            strategies=_read("strategies"),
+            datasets=_read("datasets"),
+            rewards=_read("rewards"),
+            presets=_load_presets(),
+        )
+    except (ValidationError, ValueError, OSError) as e:  # a packaging bug, not a user error
+        raise RuntimeError(f"tunecli catalogue data is invalid: {e}") from e
+
+
+def _hf_cache_config(hub_id: str) -> Path | None:
+    root = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub")
+    snapshots = root.expanduser() / ("models--" + hub_id.replace("/", "--")) / "snapshots"
+    if snapshots.is_dir():
+        for cfg in sorted(snapshots.glob("*/config.json")):
+            return cfg
+    return None
+
+
+def model_shape(path: str) -> ModelEntry:
+    """Shape of ``model.path``: catalogue entry, local directory, or a hub id already in the HF cache."""
+    entry = load_catalog().model_by_path(path)
+    if entry is not None:
+        return entry
+    local = Path(path).expanduser()
+    cfg = local / "config.json" if local.is_dir() else None
+    if cfg is None and "/" in path and not local.exists() and not path.startswith((".", "/", "~")):
+        cfg = _hf_cache_config(path)
+    if cfg is None or not cfg.is_file():
+        names = load_catalog().names("models")
+        what = "is a directory without config.json" if local.is_dir() else "is neither a catalogue model, a local directory, nor a hub id in the local HF cache"
+        raise TuneError(
+            f"model.path '{path}' {what}{did_you_mean(path, names)}. Use one of {', '.join(names)}, "
+            "a local HF model directory, or download the hub model first (huggingface-cli download ID).",
+            field="model.path",
+        )
+    try:
+        config = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TuneError(f"model.path '{path}': cannot read {cfg} ({e}). Fix or re-download the checkpoint.", field="model.path") from None
+    return ModelEntry.from_config(path, config)

@@ -1,0 +1,313 @@
+"""From the user's choices (preset, model, hardware, ...) to a complete ``Recipe``.
+
+Layers, lowest first:
+  schema defaults < suggestions for the model size and hardware (taken from the nearest preset in
+  the catalogue, so the numbers live in data) or the chosen preset < the ingredient choices
+  (algorithm, method, dataset, reward, engine, launch) < ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tunecli.catalog import PresetEntry, deep_merge, load_catalog, model_shape
+from tunecli.errors import TuneError
+from tunecli.recipe.io import apply_overrides, recipe_from_dict
+from tunecli.recipe.naming import check_name, recipe_name
+from tunecli.recipe.schema import Recipe
+
+EMBEDDED = "smollm2-135m"
+
+# What the wizard shows as "defaults chosen for the model size and hardware" (and lets you edit).
+TUNABLES = [
+    "data.train_batch_size",
+    "rollout.n",
+    "data.max_prompt_length",
+    "data.max_response_length",
+    "actor.ppo_mini_batch_size",
+    "actor.ppo_micro_batch_size_per_gpu",
+    "model.lora_rank",
+    "model.lora_alpha",
+    "actor.lr",
+    "rollout.gpu_memory_utilization",
+    "rollout.tensor_model_parallel_size",
+    "actor.param_offload",
+    "actor.optimizer_offload",
+    "model.enable_gradient_checkpointing",
+]
+
+# Preset values that are "how to train a model of this size here" (copied into suggestions).
+_SHAPE_KEYS = {
+    "model": ["lora_rank", "lora_alpha", "target_modules", "enable_gradient_checkpointing", "dtype"],
+    "data": ["train_batch_size", "max_prompt_length", "max_response_length", "filter_overlong_prompts"],
+    "actor": [
+        "lr", "ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "use_kl_loss",
+        "kl_loss_coef", "kl_loss_type", "entropy_coeff", "param_offload", "optimizer_offload",
+    ],
+    "rollout": [
+        "n", "gpu_memory_utilization", "tensor_model_parallel_size", "max_num_seqs", "dtype", "enable_sleep_mode",
+        "enforce_eager",
+    ],
+    "trainer": ["total_epochs", "total_training_steps", "save_freq", "test_freq", "device"],
+}
+
+
+@dataclass
+class Choices:
+    """The answers of the wizard (or the flags of `tune new`); None = not chosen."""
+
+    preset: str | None = None
+    model: str | None = None
+    algorithm: str | None = None
+    method: str | None = None
+    gpus: int | None = None  # processes per node
+    gpu_type: str | None = None
+    nodes: int | None = None
+    strategy: str | None = None
+    engine: str | None = None
+    dataset: str | None = None
+    reward: str | None = None
+    name: str | None = None
+    launcher: str | None = None
+    sets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def merged_over(self, other: Choices) -> Choices:
+        """These choices, falling back to ``other`` for what is unset (sets are concatenated)."""
+        out = copy.deepcopy(other)
+        for k in self.keys():
+            v = getattr(self, k)
+            if k == "sets":
+                out.sets = [*other.sets, *v]
+            elif v is not None:
+                setattr(out, k, v)
+        return out
+
+
+def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _put(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def model_path_for(choice: str) -> str:
+    """A model choice as model.path: catalogue names become hub ids (the embedded one stays an alias)."""
+    entry = load_catalog().model_by_path(choice)
+    if entry is None:
+        return choice
+    return entry.name if entry.embedded else (entry.hf_id or entry.name)
+
+
+def nearest_preset(params: int, method: str, kind: str) -> PresetEntry:
+    """The catalogue preset closest in model size with the same method and device kind."""
+    cat = load_catalog()
+    pool = []
+    for p in cat.presets:
+        hw = cat.find("hardware", p.hardware)
+        if hw is None or hw.kind != kind or p.recipe.get("model", {}).get("method", "lora") != method:
+            continue
+        shape = cat.model_by_path(p.recipe.get("model", {}).get("path", EMBEDDED))
+        if shape is not None:
+            pool.append((abs(math.log(shape.params / max(params, 1))), p))
+    if not pool:  # e.g. full fine-tuning on a CPU: no such preset; fall back to any of the kind
+        pool = [(0.0, p) for p in cat.presets if getattr(cat.find("hardware", p.hardware), "kind", None) == kind]
+    return min(pool, key=lambda t: t[0])[1]
+
+
+def suggest(model: str, hardware: str, method: str, world: int) -> dict[str, Any]:
+    """Tunable values for this model size, method and hardware (nested partial recipe)."""
+    cat = load_catalog()
+    hw = cat.get("hardware", hardware, field="--gpu-type")
+    shape = model_shape(model)
+    ref = nearest_preset(shape.params, method, hw.kind)
+    out: dict[str, Any] = {}
+    for section, keys in _SHAPE_KEYS.items():
+        for k in keys:
+            if k in ref.recipe.get(section, {}):
+                _put(out, f"{section}.{k}", copy.deepcopy(ref.recipe[section][k]))
+    _fit_batches(out, ref, world)
+    # Tensor parallelism: at most the preset's, dividing both the GPU count and the attention heads.
+    tp_ref = int(_get(out, "rollout.tensor_model_parallel_size", 1))
+    tp = max(d for d in range(1, world + 1) if world % d == 0 and d <= tp_ref and shape.heads % d == 0)
+    _put(out, "rollout.tensor_model_parallel_size", tp)
+    if method == "lora" and not _get(out, "model.lora_rank"):
+        _put(out, "model.lora_rank", 32 if hw.kind == "gpu" else 16)
+    return out
+
+
+def _fit_batches(out: dict[str, Any], ref: PresetEntry, world: int) -> None:
+    """Scale the preset's batch to this many processes, keeping its per-process share and its
+    updates per step, then make mini- and micro-batches divide evenly (the checks' rules)."""
+    ref_batch = _get(ref.recipe, "data.train_batch_size", 8)
+    per_rank = max(1, ref_batch // ref.gpus)
+    batch = per_rank * world
+    updates = max(1, ref_batch // _get(ref.recipe, "actor.ppo_mini_batch_size", ref_batch))
+    mini = batch // updates if batch % updates == 0 else batch
+    n = _get(out, "rollout.n", 1)
+    if (mini * n) % world:
+        mini = batch  # one update per step always splits: batch is a multiple of world
+    samples_per_rank = mini * n // world
+    micro = _get(out, "actor.ppo_micro_batch_size_per_gpu", samples_per_rank)
+    micro = max(d for d in range(1, samples_per_rank + 1) if samples_per_rank % d == 0 and d <= micro)
+    _put(out, "data.train_batch_size", batch)
+    _put(out, "actor.ppo_mini_batch_size", mini)
+    _put(out, "actor.ppo_micro_batch_size_per_gpu", micro)
+
+
+def _apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> None:
+    for k, v in settings.items():
+        _put(data, k, copy.deepcopy(v))
+
+
+def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
+    cat = load_catalog()
+    entry = cat.find("datasets", dataset)
+    if entry is None and (Path(dataset).suffix in (".jsonl", ".parquet", ".json") or Path(dataset).exists()):
+        path = Path(dataset).expanduser()
+        train = str(path.resolve()) if path.exists() else dataset
+        # A GSM8K file (original jsonl or verl parquet) keeps the gsm8k loader and reward.
+        is_gsm8k = "gsm8k" in str(path).lower()
+        _put(data, "data.dataset", "gsm8k" if is_gsm8k else "custom")
+        _put(data, "data.train_files", train)
+        test = next((p for p in (path.with_name(f"test{path.suffix}"),) if p != path and p.exists()), None)
+        if is_gsm8k and test is not None:
+            _put(data, "data.val_files", str(test.resolve()))
+        return
+    entry = cat.get("datasets", dataset, field="--dataset")
+    if entry.name == "custom":
+        raise TuneError(
+            "--dataset custom needs the file itself: pass its path instead, e.g. --dataset data/my.jsonl "
+            "(with --set data.prompt_key=... --set data.answer_key=... if the columns differ).",
+            field="--dataset",
+        )
+    _put(data, "data.dataset", entry.name)
+    if entry.kind == "file":
+        if entry.train_files and not _get(data, "data.train_files"):
+            _put(data, "data.train_files", entry.train_files)
+        if entry.val_files and not _get(data, "data.val_files"):
+            _put(data, "data.val_files", entry.val_files)
+
+
+def _reward_choice(data: dict[str, Any], reward: str) -> None:
+    cat = load_catalog()
+    if ":" in reward and reward.rsplit(":", 1)[0].endswith(".py"):
+        file, func = reward.rsplit(":", 1)
+        # Absolute, so NAME.sh works from any directory.
+        path = Path(file).expanduser()
+        _put(data, "reward.function", f"{path.resolve()}:{func}" if path.is_file() else reward)
+        return
+    entry = cat.get("rewards", reward, field="--reward")
+    if entry.name == "custom":
+        raise TuneError(
+            "--reward custom needs the function itself: pass path/to/file.py:function, e.g. "
+            "--reward rewards.py:my_reward (signature: prompt, completion, ground_truth, **kwargs).",
+            field="--reward",
+        )
+    _put(data, "reward.function", entry.name)
+
+
+def _int_choice(value: Any, flag: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(value).strip() not in (str(n), f"+{n}"):
+        raise TuneError(f"{flag} '{value}' must be a whole number >= 1, e.g. {flag} 2.", field=flag)
+    return n
+
+
+def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
+    """The full recipe for these choices (validated by the schema; not yet checked for feasibility)."""
+    cat = load_catalog()
+    preset = cat.preset(choices.preset) if choices.preset else None
+    base: dict[str, Any] = copy.deepcopy(preset.recipe) if preset else {}
+
+    model = model_path_for(choices.model) if choices.model else _get(base, "model.path", EMBEDDED)
+    hardware = choices.gpu_type or _get(base, "launch.hardware", "cpu")
+    hw = cat.get("hardware", hardware, field="--gpu-type")
+    method = choices.method or _get(base, "model.method", "lora")
+    cat.get("methods", method, field="--method")
+    per_node = _int_choice(choices.gpus, "--gpus") if choices.gpus is not None else _get(base, "launch.n_gpus_per_node", 1)
+    nodes = _int_choice(choices.nodes, "--nodes") if choices.nodes is not None else _get(base, "launch.nnodes", 1)
+    world = per_node * nodes
+
+    if preset is None:
+        base = deep_merge(suggest(model, hardware, method, world), base)
+        _apply_settings(base, cat.get("algorithms", choices.algorithm or "grpo", field="--algorithm").settings)
+        _dataset_choice(base, choices.dataset or "arithmetic")
+        if not choices.reward:
+            default = cat.get("datasets", _get(base, "data.dataset"), field="--dataset").default_reward
+            if default is None:
+                raise TuneError(
+                    f"--dataset '{choices.dataset}' is your own file, so tune cannot guess how to score it: pass "
+                    "--reward gsm8k_flexible (the last number must match the answer column), --reward format "
+                    "with --set reward.format_pattern=REGEX, or --reward path/to/file.py:function.",
+                    field="--reward",
+                )
+            _reward_choice(base, default)
+    else:
+        # A preset whose model, hardware, method or size is changed gets the size-dependent values
+        # for the new shape (its other values, e.g. dataset and run length, stay).
+        preset_shape = (_get(base, "model.path", EMBEDDED), _get(base, "launch.hardware", "cpu"),
+                        _get(base, "model.method", "lora"), preset.gpus)
+        if (model, hw.name, method, world) != preset_shape:
+            base = deep_merge(base, suggest(model, hardware, method, world))
+        if choices.algorithm:
+            _apply_settings(base, cat.get("algorithms", choices.algorithm, field="--algorithm").settings)
+        if choices.dataset:
+            _dataset_choice(base, choices.dataset)
+            entry = cat.find("datasets", _get(base, "data.dataset"))
+            if not choices.reward and entry is not None and entry.default_reward:
+                _reward_choice(base, entry.default_reward)
+    if choices.reward:
+        _reward_choice(base, choices.reward)
+
+    _put(base, "model.path", model)
+    if method != _get(base, "model.method"):
+        _apply_settings(base, cat.get("methods", method, field="--method").settings)
+        if method == "lora" and not _get(base, "model.lora_rank"):
+            _put(base, "model.lora_rank", suggest(model, hardware, method, world)["model"]["lora_rank"])
+    _put(base, "model.method", method)
+    if choices.engine:
+        cat.get("engines", choices.engine, field="--engine")
+    _put(base, "rollout.name", choices.engine or _get(base, "rollout.name", "vllm"))
+    # FSDP2 also on one GPU: it is what offloads weights and optimizer state to the CPU.
+    strategy = choices.strategy or ("fsdp2" if world > 1 or hw.kind == "gpu" else "none")
+    cat.get("strategies", strategy, field="--strategy")
+    _put(base, "launch.strategy", strategy)
+    _put(base, "launch.hardware", hw.name)
+    _put(base, "launch.n_gpus_per_node", per_node)
+    _put(base, "launch.nnodes", nodes)
+    if choices.launcher:
+        _put(base, "launch.launcher", choices.launcher)
+    _put(base, "trainer.device", "cpu" if hw.kind == "cpu" else "cuda")
+
+    # --set last: it may change anything, including the launch section.
+    data = apply_overrides(base, choices.sets)
+    recipe = recipe_from_dict(data, source="recipe")
+    name = check_name(choices.name) if choices.name else recipe_name(recipe)
+    explicit_experiment = any(s.split("=", 1)[0].strip() == "trainer.experiment_name" for s in choices.sets)
+    data = recipe.model_dump(mode="json")
+    data["name"] = name
+    if not explicit_experiment:
+        data["trainer"]["experiment_name"] = name
+    if not any(s.split("=", 1)[0].strip() == "rollout.max_model_len" for s in choices.sets) and _get(base, "rollout.max_model_len") is None:
+        data["rollout"]["max_model_len"] = None  # derived again from the final lengths
+    return recipe_from_dict(data, source="recipe"), preset

@@ -1,0 +1,249 @@
+"""Rendering a recipe into NAME.yaml (commented config) and NAME.sh (launch script).
+
+Both files are rendered fully in memory from the Jinja templates in ``templates/``; the caller
+checks them and only then writes them (``write_files``: temp file + rename, never a half file).
+
+The script's second line is a fixed, parseable header that ties it to the exact YAML bytes:
+
+    # tunecli-recipe: version=0.1.0 yaml-sha256=<64 hex> yaml=NAME.yaml
+
+``tune run`` and ``tune validate`` read it back with ``read_script_header`` and compare the hash
+with ``yaml_hash`` to notice a YAML edited after rendering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from tunecli import __version__
+
+HEADER_PREFIX = "# tunecli-recipe:"
+_HEADER_RE = re.compile(
+    r"^# tunecli-recipe: version=(?P<version>\S+) yaml-sha256=(?P<yaml_sha256>[0-9a-f]{64})(?: yaml=(?P<yaml>\S+))?\s*$"
+)
+# The header sits among the first lines (after the shebang and, for slurm, nothing else).
+_HEADER_SEARCH_LINES = 5
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def yaml_hash(path: str | Path) -> str:
+    """sha256 (hex) of the YAML file's bytes, as written in the script header."""
+    return sha256_bytes(Path(path).read_bytes())
+
+
+def header_line(yaml_sha256: str, yaml_name: str, version: str = __version__) -> str:
+    return f"{HEADER_PREFIX} version={version} yaml-sha256={yaml_sha256} yaml={yaml_name}"
+
+
+def parse_header_line(line: str) -> dict[str, str] | None:
+    m = _HEADER_RE.match(line.rstrip("\n"))
+    if not m:
+        return None
+    return {k: v for k, v in m.groupdict().items() if v is not None}
+
+
+def read_script_header(path: str | Path) -> dict[str, str] | None:
+    """{'version', 'yaml_sha256', 'yaml'} from a rendered NAME.sh, or None if it has no header."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for _ in range(_HEADER_SEARCH_LINES):
+                line = f.readline()
+                if not line:
+                    break
+                parsed = parse_header_line(line)
+                if parsed:
+                    return parsed
+    except OSError:
+        return None
+    return None
+
+
+def replace_header_hash(script_text: str, yaml_sha256: str) -> str:
+    """The script text with its header's hash (and version) replaced; used by `tune validate --fix-hash`."""
+    lines = script_text.splitlines(keepends=True)
+    for i, line in enumerate(lines[:_HEADER_SEARCH_LINES]):
+        parsed = parse_header_line(line)
+        if parsed:
+            lines[i] = header_line(yaml_sha256, parsed.get("yaml", "")).rstrip() + "\n"
+            return "".join(lines)
+    raise ValueError("script has no tunecli-recipe header")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jinja environment
+
+
+def _env():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["q"] = lambda v: shlex.quote(str(v))  # every value that reaches the shell
+    env.filters["yaml_value"] = yaml_value
+    env.filters["comment"] = comment_lines
+    return env
+
+
+def yaml_value(value: Any) -> str:
+    """One value as inline YAML (flow style), e.g. 3, 1.0e-05, 'all-linear', [q_proj, v_proj], null."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip()
+    # safe_dump of a scalar ends with a document-end marker line
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    if text.endswith("..."):
+        text = text[:-3].rstrip()
+    return text
+
+
+def comment_lines(text: str, indent: int = 0, width: int = 100) -> str:
+    pad = " " * indent
+    wrapped = textwrap.wrap(text, width=width - indent - 2) or [""]
+    return "\n".join(f"{pad}# {line}" for line in wrapped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass
+class FieldRow:
+    key: str
+    value: str
+    description: str
+
+
+@dataclass
+class SectionRows:
+    name: str
+    description: str
+    fields: list[FieldRow]
+
+
+def _section_rows(recipe: BaseModel) -> tuple[list[FieldRow], list[SectionRows]]:
+    data = recipe.model_dump(mode="json")
+    top: list[FieldRow] = []
+    sections: list[SectionRows] = []
+    for name, info in type(recipe).model_fields.items():
+        value = getattr(recipe, name)
+        if isinstance(value, BaseModel):
+            rows = [
+                FieldRow(k, yaml_value(data[name][k]), (f.description or "").strip())
+                for k, f in type(value).model_fields.items()
+            ]
+            doc = (type(value).__doc__ or "").strip().splitlines()
+            sections.append(SectionRows(name, info.description or (doc[0] if doc else ""), rows))
+        else:
+            top.append(FieldRow(name, yaml_value(data[name]), (info.description or "").strip()))
+    return top, sections
+
+
+@dataclass
+class Rendered:
+    name: str
+    yaml_text: str
+    script_text: str
+
+    @property
+    def yaml_sha256(self) -> str:
+        return sha256_bytes(self.yaml_text.encode("utf-8"))
+
+
+_SECTION_TITLES = {
+    "model": "The model and how it is trained (LoRA or full).",
+    "data": "Prompts: where they come from and how long prompts and responses may be.",
+    "reward": "How a completion is scored against the ground truth.",
+    "algorithm": "Which critic-free algorithm computes the advantages.",
+    "actor": "The policy update: optimizer, batch split, clipping, KL and entropy terms.",
+    "rollout": "The engine that samples the GRPO groups.",
+    "trainer": "Run length, checkpoints, validation, seed.",
+    "launch": "Processes, machines and hardware (used by NAME.sh).",
+}
+
+
+def render_yaml(recipe: BaseModel, *, preset: str | None = None) -> str:
+    top, sections = _section_rows(recipe)
+    for s in sections:
+        s.description = _SECTION_TITLES.get(s.name, s.description)
+    return _env().get_template("recipe.yaml.j2").render(
+        version=__version__, recipe_name=recipe.name, preset=preset, top=top, sections=sections
+    )
+
+
+def render_script(recipe: Any, yaml_text: str, *, yaml_abspath: str | None = None) -> str:
+    """NAME.sh for the recipe; one process runs `tune train`, more go through torchrun."""
+    launch = recipe.launch
+    yaml_name = f"{recipe.name}.yaml"
+    template = "launch.sbatch.j2" if launch.launcher == "slurm" else "launch.sh.j2"
+    return _env().get_template(template).render(
+        header=header_line(sha256_bytes(yaml_text.encode("utf-8")), yaml_name),
+        version=__version__,
+        name=recipe.name,
+        yaml_name=yaml_name,
+        yaml_abspath=yaml_abspath or "",
+        world_size=launch.nnodes * launch.n_gpus_per_node,
+        nnodes=launch.nnodes,
+        nproc_per_node=launch.n_gpus_per_node,
+        rdzv_endpoint=launch.rdzv_endpoint,
+        hardware=launch.hardware,
+        model=recipe.model.path,
+        summary=f"{recipe.algorithm.name} {recipe.model.method}, {recipe.rollout.name} rollouts, "
+        f"{launch.nnodes} x {launch.n_gpus_per_node} {launch.hardware}",
+    )
+
+
+def render(recipe: Any, *, out_dir: str | Path | None = None, preset: str | None = None) -> Rendered:
+    yaml_text = render_yaml(recipe, preset=preset)
+    abspath = str((Path(out_dir) / f"{recipe.name}.yaml").resolve()) if out_dir is not None else None
+    return Rendered(recipe.name, yaml_text, render_script(recipe, yaml_text, yaml_abspath=abspath))
+
+
+def _temp_copy(path: Path, text: str, mode: int) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_files(rendered: Rendered, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write NAME.yaml and NAME.sh: both go to temp files first, then are renamed into place, so a
+    failure never leaves a half file or a script whose hash names a YAML that was not written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    yaml_path, sh_path = out / f"{rendered.name}.yaml", out / f"{rendered.name}.sh"
+    temps: list[str] = []
+    try:
+        temps.append(_temp_copy(yaml_path, rendered.yaml_text, 0o644))
+        temps.append(_temp_copy(sh_path, rendered.script_text, 0o755))
+        os.replace(temps[0], yaml_path)
+        os.replace(temps[1], sh_path)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return yaml_path, sh_path

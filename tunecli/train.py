@@ -1,0 +1,49 @@
+"""``python -m tunecli.train --config NAME.yaml [section.key=value ...]``: the trainer's process entry.
+
+This is what torchrun starts once per rank (``tune run``); ``tune train`` calls the same function
+in-process. Exit codes: 0 done, 1 user error (one paragraph, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from tunecli.errors import TuneError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tunecli.train", description="Run the bundled GRPO trainer.")
+    parser.add_argument("--config", required=True, help="Recipe NAME.yaml (or NAME.sh: its YAML is used).")
+    parser.add_argument("--no-resume", action="store_true", help="Start over instead of resuming the latest checkpoint.")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. actor.lr=1e-5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tunecli.recipe.io import load_recipe
+
+    try:
+        recipe = load_recipe(args.config, args.overrides)
+        from tunecli.trainer.loop import run_training
+
+        hint = "`" + shlex.join(["python", "-m", "tunecli.train", *(argv if argv is not None else sys.argv[1:])]) + "`"
+        return run_training(recipe, resume=False if args.no_resume else None, resume_hint=_resume_hint(hint))
+    except TuneError as e:
+        from tunecli.cli import console
+
+        console.error(str(e))
+        return 1
+
+
+def _resume_hint(default: str) -> str:
+    import os
+
+    # `tune run` names its own command here, so an interrupted torchrun job says `tune run NAME.sh`.
+    return os.environ.get("TUNECLI_RESUME_HINT") or default.replace(" --no-resume", "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Training data: load examples, render prompts with the chat template, and hand out batches.
+
+``load_splits(recipe)`` -> (train, held-out) examples; ``render_prompts`` applies the tokenizer's
+chat template and filters (or refuses) over-long prompts; ``PromptSampler`` yields seeded batches
+and checkpoints its exact position.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tunecli.errors import TuneError
+from tunecli.trainer.data.files import custom_examples, gsm8k_examples, read_rows
+from tunecli.trainer.data.synthetic import GENERATORS, generate_splits
+from tunecli.trainer.data.types import Example, PromptSample
+
+__all__ = ["Example", "PromptSample", "PromptSampler", "load_splits", "render_prompts"]
+
+DATASETS = [*GENERATORS, "gsm8k", "custom"]
+_GSM8K_DEFAULT = "../shared/data/gsm8k"
+
+
+def load_splits(data, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) examples for the recipe's ``data`` section."""
+    name = data.dataset
+    if name in GENERATORS:
+        return generate_splits(name, data.difficulty, data.train_size, data.val_size, seed)
+    if name not in ("gsm8k", "custom"):
+        from tunecli.errors import did_you_mean
+
+        raise TuneError(
+            f"data.dataset = '{name}' is not known{did_you_mean(name, DATASETS)}. Use one of {', '.join(DATASETS)}.",
+            field="data.dataset",
+        )
+    if not data.train_files:
+        raise TuneError(
+            f"data.dataset = '{name}' needs data.train_files (a .jsonl or .parquet file), e.g. "
+            f"data.train_files={_GSM8K_DEFAULT}/train.jsonl.",
+            field="data.train_files",
+        )
+    train_rows = read_rows(data.train_files, "data.train_files")
+    val_rows = read_rows(data.val_files, "data.val_files") if data.val_files else []
+    if name == "gsm8k":
+        train, val = gsm8k_examples(train_rows), gsm8k_examples(val_rows)
+    else:
+        train = custom_examples(train_rows, data.prompt_key, data.answer_key, "data.train_files")
+        val = custom_examples(val_rows, data.prompt_key, data.answer_key, "data.val_files")
+    if not val:  # no held-out file: hold out the last val_size training examples
+        train, val = train[: -data.val_size] or train, train[-data.val_size :]
+    return train, val[: data.val_size]
+
+
+def chat_messages(example: Example, system_prompt: str | None) -> list[dict[str, str]]:
+    messages = list(example.prompt) if isinstance(example.prompt, list) else [{"role": "user", "content": example.prompt}]
+    if system_prompt and messages[0].get("role") != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def render_prompts(
+    examples: list[Example],
+    tokenizer: Any,
+    *,
+    system_prompt: str | None,
+    max_prompt_length: int,
+    filter_overlong: bool,
+    split: str = "train",
+) -> list[PromptSample]:
+    """Chat-template each example; over-long prompts are dropped (filter) or refused (TuneError)."""
+    samples = []
+    for ex in examples:
+        messages = chat_messages(ex, system_prompt)
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # base models without a template: plain text, one message per paragraph
+            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_length:
+            if filter_overlong:
+                continue
+            raise TuneError(
+                f"A {split} prompt is {len(ids)} tokens, over data.max_prompt_length={max_prompt_length}. Raise "
+                "data.max_prompt_length, or set data.filter_overlong_prompts=true to drop such prompts.",
+                field="data.max_prompt_length",
+            )
+        samples.append(PromptSample(example=ex, text=text, token_ids=ids))
+    if not samples:
+        raise TuneError(
+            f"Every {split} prompt is longer than data.max_prompt_length={max_prompt_length} tokens. Raise it.",
+            field="data.max_prompt_length",
+        )
+    return samples
+
+
+class PromptSampler:
+    """Seeded epochs over the training prompts; ``state_dict`` pins the exact next batch.
+
+    The order of epoch e depends only on (seed, e), so resuming needs just (epoch, position).
+    """
+
+    def __init__(self, samples: list[PromptSample], batch_size: int, seed: int, shuffle: bool = True):
+        if batch_size > len(samples):
+            raise TuneError(
+                f"data.train_batch_size={batch_size} is larger than the {len(samples)} training prompts. Lower it "
+                "or add data (data.train_size for synthetic datasets).",
+                field="data.train_batch_size",
+            )
+        self.samples, self.batch_size, self.seed, self.shuffle = samples, batch_size, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order(0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.samples) // self.batch_size  # the ragged tail is dropped, as verl does
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.samples)))
+        if self.shuffle:
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self) -> list[PromptSample]:
+        if self.position + self.batch_size > len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._epoch_order(self.epoch)
+        idx = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return [self.samples[i] for i in idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_order(self.epoch)

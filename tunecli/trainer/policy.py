@@ -1,0 +1,106 @@
+"""The policy: model + tokenizer from transformers, a peft LoRA adapter or full weights, and its reference.
+
+The reference for the KL term costs no memory with LoRA (the same base with the adapter disabled);
+full fine-tuning keeps a frozen copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from tunecli.errors import TuneError
+from tunecli.trainer.embedded import resolve_model_path
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module  # what is trained (a PeftModel for LoRA)
+    tokenizer: object
+    model_path: str  # resolved local dir or hub id (what a vLLM engine loads)
+    is_lora: bool
+    frozen_reference: torch.nn.Module | None = None  # full fine-tuning only
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """The reference model for KL: the adapter switched off (LoRA) or the frozen copy (full)."""
+        if self.is_lora:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            assert self.frozen_reference is not None
+            yield self.frozen_reference
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(recipe, device: torch.device, *, with_reference: bool = True) -> Policy:
+    from transformers import AutoModelForCausalLM
+
+    cfg = recipe.model
+    model_path = resolve_model_path(cfg.path)
+    try:
+        tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:
+        raise TuneError(
+            f"Could not load model.path = '{cfg.path}' ({e}). Give a local HF model directory, the embedded "
+            "'smollm2-135m', or a hub id that is in the local Hugging Face cache.",
+            field="model.path",
+        ) from None
+    model.to(device)
+    model.config.use_cache = False  # training forward passes; generate() turns the cache on itself
+    # Gradient checkpointing and FSDP2 sharding are applied by distributed.wrap_policy.
+    if cfg.method == "lora":
+        return Policy(_add_lora(model, cfg), tokenizer, model_path, is_lora=True)
+    reference = None
+    if with_reference:
+        reference = copy.deepcopy(model).eval()
+        reference.requires_grad_(False)
+    return Policy(model, tokenizer, model_path, is_lora=False, frozen_reference=reference)
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    if cfg.lora_rank < 1:
+        raise TuneError("model.method is 'lora' but model.lora_rank is 0. Set model.lora_rank >= 1 (e.g. 16).", field="model.lora_rank")
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,  # 'all-linear' is peft's own shorthand (every linear but the head)
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+def _add_lora(model, cfg):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(cfg))
+    except ValueError as e:
+        raise TuneError(
+            f"model.target_modules = {cfg.target_modules!r} does not fit this model ({e}). Use 'all-linear' or "
+            "module names of the model, such as [q_proj, v_proj].",
+            field="model.target_modules",
+        ) from None

@@ -1,0 +1,21 @@
+"""Rollout engines behind one interface (``base.RolloutEngine``); ``make_engine`` picks one by name."""
+
+from __future__ import annotations
+
+from tunecli.trainer.rollout.base import Rollout, RolloutEngine, SamplingSettings
+
+__all__ = ["Rollout", "RolloutEngine", "SamplingSettings", "make_engine"]
+
+
+def make_engine(recipe, policy, tokenizer, model_path: str) -> RolloutEngine:
+    """``hf`` generates with the live policy; ``vllm`` (imported lazily: heavy) runs a colocated engine."""
+    name = recipe.rollout.name
+    if name == "hf":
+        from tunecli.trainer.rollout.hf import HFEngine
+
+        return HFEngine(policy, tokenizer, max_num_seqs=recipe.rollout.max_num_seqs)
+    if name == "vllm":
+        from tunecli.trainer.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(recipe, model_path)
+    raise ValueError(f"unknown rollout engine {name!r}")  # the schema's Literal makes this unreachable

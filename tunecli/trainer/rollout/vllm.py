@@ -1,0 +1,347 @@
+"""The `vllm` rollout engine: one vLLM ``LLM`` colocated in the trainer's process, synced every step.
+
+Every vLLM call of the project lives in this module. The engine runs in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so ``LLM.collective_rpc`` reaches the worker that owns the
+model and weights move as tensors in memory: no restart, nothing written to disk but a LoRA adapter.
+
+Weight sync (``sync_weights``), after every optimizer step:
+  * full fine-tuning: the policy's state dict is streamed, one tensor at a time (``full_tensor()``
+    gathers an FSDP2 shard), into the worker's ``reload_weights``, vLLM's in-place reload that runs
+    the model's own ``load_weights`` and then re-applies any kernel-specific repacking (which is why
+    calling ``model.load_weights`` directly breaks on the CPU backend);
+  * LoRA, ``rollout.lora_sync=merge``: the same stream with ``W + scale * B @ A`` computed on copies of
+    the tensors (the trained model is never touched), peft names mapped back to the base model's;
+  * LoRA, ``rollout.lora_sync=adapter``: only the adapter (a few MB) is saved and served as a
+    ``LoRARequest`` with a fresh id, so vLLM cannot reuse the previous step's adapter from its cache.
+
+Log-probs: vLLM returns the sampled token's log-prob (``logprobs_mode="processed_logprobs"``: after
+temperature / top-k / top-p, i.e. of the distribution actually sampled from). The trainer still
+recomputes the old policy's log-probs itself unless ``rollout.use_rollout_logprobs`` is set: the engine
+runs other kernels (paged attention, fused ops) in another dtype (bf16 here vs fp32 in training), so
+its numbers differ from the trainer's by up to ~1e-2 per token, and the PPO ratio
+``exp(logp_new - logp_old)`` would then start away from 1 and clip samples the policy never moved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from tunecli.trainer.rollout.base import Rollout, SamplingSettings
+
+if TYPE_CHECKING:
+    from tunecli.recipe.schema import Recipe
+
+# Must be set before vllm is imported: the engine core then runs in this process, so
+# collective_rpc calls a function on the live worker (no pickling of weights, no spawn).
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+log = logging.getLogger(__name__)
+
+_PEFT_PREFIX = "base_model.model."
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a collective: every rank must call it), else itself."""
+    full_tensor = getattr(t, "full_tensor", None)  # torch.distributed.tensor.DTensor
+    return full_tensor() if full_tensor is not None else t
+
+
+def _clean_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "base_model")
+
+
+def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Modules carrying the active LoRA adapter, by their (cleaned) peft name."""
+    adapter = model.active_adapter
+    layers = {}
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, torch.nn.ModuleDict) and adapter in lora_a:
+            if getattr(module, "use_dora", {}).get(adapter, False):
+                raise NotImplementedError("rollout.lora_sync=merge does not support DoRA adapters")
+            layers[_clean_name(name)] = module
+    return layers
+
+
+def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(vLLM-style name, full tensor) of a transformers model, streamed: one gathered tensor at a time."""
+    for name, tensor in model.state_dict().items():
+        yield _clean_name(name), _full(tensor).detach()
+
+
+def merged_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Base-model weights of a peft model with its adapter merged in, computed on copies.
+
+    Mirrors TRL's PEFT sync: drop ``base_model.model.``, drop ``.base_layer``, skip ``lora_`` keys and
+    the frozen ``original_module`` copies of ``modules_to_save``. Merging on copies (instead of peft's
+    in-place ``merge_adapter``) leaves the trained, possibly sharded, parameters untouched.
+    """
+    adapter = model.active_adapter
+    layers = _lora_layers(model)
+    for raw_name, tensor in model.state_dict().items():
+        name = _clean_name(raw_name)
+        if ".lora_" in name or ".original_module." in name:
+            if ".lora_" in name:
+                _full(tensor)  # FSDP2: every rank joins every gather, in state-dict order
+            continue
+        tensor = _full(tensor).detach()
+        if name.endswith(".base_layer.weight"):
+            module = layers.get(name.removesuffix(".base_layer.weight"))
+            if module is not None:
+                a = _full(module.lora_A[adapter].weight).detach().float()  # [r, in]
+                b = _full(module.lora_B[adapter].weight).detach().float()  # [out, r]
+                delta = (b @ a) * module.scaling[adapter]  # [out, in]
+                if getattr(module, "fan_in_fan_out", False):
+                    delta = delta.T
+                tensor = (tensor.float() + delta).to(tensor.dtype)
+        name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")
+        name = name.replace(f".modules_to_save.{adapter}", "")
+        yield name, tensor
+
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The active adapter's tensors, named as peft saves them (what vLLM's LoRA loader reads)."""
+    adapter = model.active_adapter
+    state = {}
+    for name, module in _lora_layers(model).items():
+        state[f"{name}.lora_A.weight"] = _full(module.lora_A[adapter].weight).detach().contiguous().cpu()
+        state[f"{name}.lora_B.weight"] = _full(module.lora_B[adapter].weight).detach().contiguous().cpu()
+    return state
+
+
+def _kv_cache_bytes_for_cpu(model_path: str, recipe: Recipe, dtype: str) -> int:
+    """KV cache size on the CPU: what max_num_seqs full-length sequences need, capped by the recipe's
+    share of RAM. vLLM's own CPU rule (share of RAM minus this process's RSS) breaks when colocated,
+    because the trainer's model and optimizer already sit in this process's RSS."""
+    import psutil
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = getattr(cfg, "text_config", cfg)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    elem = 4 if dtype == "float32" else 2
+    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * elem  # K and V, every layer
+    need = recipe.rollout.max_num_seqs * recipe.max_model_len * per_token
+    share = int(recipe.rollout.gpu_memory_utilization * psutil.virtual_memory().total)
+    floor = 4 * recipe.max_model_len * per_token  # vLLM must fit at least a few whole sequences
+    return max(min(need, share), floor)
+
+
+def _load_weights_into_worker(worker, items: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """Runs inside the vLLM worker (collective_rpc): load checkpoint-format weights in place.
+
+    ``reload_weights(weights_iterator=...)`` goes through the model's own ``load_weights`` (qkv and
+    gate_up packing, tied heads) and then redoes the backend's post-load processing (the CPU backend
+    repacks weights for its kernels). vLLM releases before that API fall back to ``load_weights``.
+    """
+    import inspect
+
+    runner = worker.model_runner
+    reload = getattr(runner, "reload_weights", None)
+    if reload is not None and "weights_iterator" in inspect.signature(reload).parameters:
+        worker.reload_weights(weights_iterator=items)
+    else:
+        runner.model.load_weights(items)
+
+
+class VLLMEngine:
+    """Colocated vLLM: ``generate`` samples, ``sync_weights`` makes the next sample use ``policy``."""
+
+    def __init__(self, recipe: Recipe, model_path: str):
+        self.recipe = recipe
+        cfg = recipe.rollout
+        self.cuda = torch.cuda.is_available() and recipe.trainer.device != "cpu"
+        self.lora_adapter = recipe.model.method == "lora" and cfg.lora_sync == "adapter"
+        self.sleep_mode = bool(cfg.enable_sleep_mode and self.cuda)
+        self._lora_request = None
+        self._lora_dir = Path(tempfile.mkdtemp(prefix="tunecli-lora-")) if self.lora_adapter else None
+        self._lora_id = 0
+        self._asleep = False
+        self._weights_awake = False  # asleep, but the weights' memory already woken for a sync
+        self._weights_discarded = False
+        self.last_sync_s = 0.0
+
+        dtype = cfg.dtype
+        kwargs: dict = dict(
+            model=model_path,
+            dtype=dtype,
+            seed=recipe.trainer.seed,
+            max_model_len=recipe.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            tensor_parallel_size=cfg.tensor_model_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=cfg.enforce_eager,
+            trust_remote_code=recipe.model.trust_remote_code,
+            logprobs_mode="processed_logprobs",
+        )
+        if cfg.max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+        if self.lora_adapter:
+            rank = recipe.model.lora_rank
+            kwargs.update(
+                enable_lora=True,
+                max_loras=1,
+                max_cpu_loras=1,  # only the current step's adapter is ever needed
+                max_lora_rank=next((r for r in _VLLM_LORA_RANKS if r >= rank), rank),
+            )
+        world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if world_size > 1:
+            # One engine per rank inside torchrun's process group (TRL's colocate mode); the same
+            # seed within a tensor-parallel group so its ranks sample identically.
+            kwargs["distributed_executor_backend"] = "external_launcher"
+            kwargs["seed"] = recipe.trainer.seed + torch.distributed.get_rank() // cfg.tensor_model_parallel_size
+        if self.cuda:
+            kwargs["enable_sleep_mode"] = self.sleep_mode
+        else:
+            if not cfg.enforce_eager:
+                log.info("vllm on CPU: enforce_eager=True (no CUDA graphs on the CPU backend)")
+            kwargs["enforce_eager"] = True
+            kwargs["kv_cache_memory_bytes"] = _kv_cache_bytes_for_cpu(model_path, recipe, dtype)
+            if cfg.enable_sleep_mode:  # a warning: the recipe asked for something that cannot happen here
+                log.warning("vllm on CPU: rollout.enable_sleep_mode is ignored (no sleep mode on the CPU backend)")
+
+        from vllm import LLM
+
+        start = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.start_s = time.perf_counter() - start
+        log.info("vllm engine started in %.1f s (%s, dtype %s)", self.start_s, model_path, dtype)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> Rollout:
+        """n samples per prompt, prompt-major (sample j of prompt i at i * n + j), with log-probs."""
+        from vllm import SamplingParams, TokensPrompt
+
+        if self._asleep:
+            raise RuntimeError("VLLMEngine.generate called while asleep: call wake_up() first")
+        if self._weights_discarded:
+            raise RuntimeError("the engine's weights were discarded by sleep(): call sync_weights() first")
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0,  # vLLM: 0 disables top-k
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # the sampled token's own log-prob only
+            seed=sampling.seed,
+            detokenize=False,  # the trainer decodes; skip vLLM's incremental detokenizer
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            params,
+            lora_request=self._lora_request,
+            use_tqdm=False,
+        )
+        prompt_ids, response_ids, logprobs, finished = [], [], [], []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            for sample in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(sample.token_ids)
+                prompt_ids.append(list(prompt))
+                response_ids.append(ids)
+                logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs or [], ids)])
+                # "stop": EOS (kept as the last token) or a stop token; "length": hit max_new_tokens
+                finished.append(sample.finish_reason == "stop")
+        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished, logprobs=logprobs)
+
+    # -- weight sync ------------------------------------------------------------------------
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Make the next ``generate`` sample from ``policy`` (call on every rank: FSDP2 gathers)."""
+        start = time.perf_counter()
+        if self._asleep and not self._weights_awake:
+            # The trainer syncs right after its update, while the engine still sleeps: bring back
+            # only the weights' memory; the KV cache returns in wake_up(), just before generation.
+            self.llm.wake_up(tags=["weights"])
+            self._weights_awake = True
+        with torch.no_grad():
+            if _is_peft(policy) and self.lora_adapter:
+                self._push_adapter(policy)
+            else:
+                items = merged_state_items(policy) if _is_peft(policy) else full_state_items(policy)
+                self._push_weights(items)
+        self._weights_discarded = False
+        self.last_sync_s = time.perf_counter() - start
+
+    def _push_weights(self, items: Iterator[tuple[str, torch.Tensor]]) -> None:
+        # The iterator is consumed inside the (in-process) worker, so at most one gathered tensor
+        # is held outside the engine at a time.
+        self.llm.collective_rpc(_load_weights_into_worker, args=(items,))
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def _push_adapter(self, policy: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        state = adapter_state(policy)
+        if not state:
+            raise RuntimeError("rollout.lora_sync=adapter: the policy has no LoRA layers to push")
+        old_id = self._lora_id
+        self._lora_id += 1
+        path = self._lora_dir / f"step-{self._lora_id}"
+        path.mkdir()
+        save_file(state, str(path / "adapter_model.safetensors"))
+        config = policy.peft_config[policy.active_adapter].to_dict()
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        (path / "adapter_config.json").write_text(json.dumps(config, default=str))
+        # A fresh id: vLLM caches adapters by id and would otherwise keep serving the old tensors.
+        self._lora_request = LoRARequest(f"policy-{self._lora_id}", self._lora_id, str(path))
+        if old_id:
+            self.llm.llm_engine.remove_lora(old_id)
+            shutil.rmtree(self._lora_dir / f"step-{old_id}", ignore_errors=True)
+        self.llm.reset_prefix_cache()
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory for the training phase (GPU with rollout.enable_sleep_mode)."""
+        if not self.sleep_mode or self._asleep:
+            return
+        # Level 2 drops the weights too (they are re-pushed every step anyway); an adapter engine
+        # keeps its base weights (level 1: offloaded to CPU) since only the adapter is re-pushed.
+        level = 1 if self.lora_adapter else 2
+        self.llm.sleep(level=level)
+        self._asleep = True
+        self._weights_awake = False
+        self._weights_discarded = level == 2
+
+    def wake_up(self) -> None:
+        if not self._asleep:
+            return
+        # vLLM resumes scheduling once every tag is resident again.
+        self.llm.wake_up(tags=["kv_cache"] if self._weights_awake else None)
+        self._asleep = False
+        self._weights_awake = False
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()
+            if self.cuda:
+                torch.cuda.empty_cache()
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
+            self._lora_dir = None
