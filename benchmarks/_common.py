@@ -26,6 +26,7 @@ class ChildRun:
     wall_s: float
     peak_rss_bytes: int
     output: str
+    timed_out: bool = False
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -69,9 +70,11 @@ def run_child(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        timed_out = False
         try:
             returncode = popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            timed_out = True
             # Kill the child's whole tree (it is ours: we started it), then report the timeout.
             for p in [*proc.children(recursive=True), proc]:
                 try:
@@ -84,7 +87,7 @@ def run_child(
             sampler.join()
     wall = time.perf_counter() - start
     output = Path(log_path).read_text(errors="replace") if log_path != Path(os.devnull) else ""
-    return ChildRun(returncode=returncode, wall_s=wall, peak_rss_bytes=peak, output=output)
+    return ChildRun(returncode=returncode, wall_s=wall, peak_rss_bytes=peak, output=output, timed_out=timed_out)
 
 
 @dataclass
@@ -229,8 +232,9 @@ class StepFields:
 
     step_s: float
     rollout_s: float
-    train_s: float
+    train_s: float  # update + weight sync
     generated_tokens: int
+    sync_s: float = 0.0  # weight sync into the engine, when the trainer logs it (timing/sync_s)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -250,6 +254,7 @@ def step_fields(row: dict, samples_per_step: int) -> StepFields:
         rollout_s=float(row["timing/rollout_s"]),
         train_s=float(row["timing/train_s"]),
         generated_tokens=round(float(row["response/length"]) * samples_per_step),
+        sync_s=float(row.get("timing/sync_s", 0.0)),
     )
 
 

@@ -117,6 +117,8 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
 
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self._t0)
+            # Written every step, so a run stopped by --timeout-min still reports its finished steps.
+            result_path.write_text(json.dumps({"step_s": self.times, "generated_tokens": generated[: len(self.times)]}))
 
     timer = StepTimer()
     out_dir = tempfile.mkdtemp(prefix="trl-bench-")
@@ -171,12 +173,6 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
         callbacks=[timer],
     )
     trainer.train()
-    result = {
-        "step_s": timer.times,
-        "generated_tokens": generated,
-        "threads": torch.get_num_threads(),
-    }
-    result_path.write_text(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------- tunecli
@@ -267,7 +263,9 @@ def tunecli_command(config: Path) -> list[str]:
 # ----------------------------------------------------------------------------- the alternated run
 
 
-def run_contender(name: str, cfg: BenchConfig, work: Path, attempt: int, prompt_tokens: list[int]) -> tuple[StepStats, int]:
+def run_contender(
+    name: str, cfg: BenchConfig, work: Path, attempt: int, prompt_tokens: list[int], timeout_s: float | None = None
+) -> tuple[StepStats, int]:
     """One run in its own child process: (its timed steps, its peak RSS in bytes)."""
     import yaml
 
@@ -281,8 +279,8 @@ def run_contender(name: str, cfg: BenchConfig, work: Path, attempt: int, prompt_
     if name == "trl":
         result = work / f"{tag}.json"
         cmd = [sys.executable, __file__, "--trl-worker", json.dumps(asdict(cfg)), "--result", str(result)]
-        child = run_child(cmd, env=env, cwd=work, log_path=log)
-        if child.returncode != 0 or not result.is_file():
+        child = run_child(cmd, env=env, cwd=work, log_path=log, timeout_s=timeout_s)
+        if (child.returncode != 0 and not child.timed_out) or not result.is_file():
             raise RuntimeError(f"{tag} failed (exit {child.returncode}); log: {log}\n{child.output[-3000:]}")
         data = json.loads(result.read_text())
         step_s, generated = data["step_s"], data["generated_tokens"]
@@ -293,12 +291,16 @@ def run_contender(name: str, cfg: BenchConfig, work: Path, attempt: int, prompt_
         config.write_text(yaml.safe_dump(tunecli_recipe(cfg, engine, run_dir), sort_keys=False))
         if engine == "vllm":
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: weight sync by collective_rpc
-        child = run_child(tunecli_command(config), env=env, cwd=work, log_path=log)
-        if child.returncode != 0:
+        child = run_child(tunecli_command(config), env=env, cwd=work, log_path=log, timeout_s=timeout_s)
+        if child.returncode != 0 and not child.timed_out:
             raise RuntimeError(f"{tag} failed (exit {child.returncode}); log: {log}\n{child.output[-3000:]}")
         step_s, generated, extra = tunecli_stats(run_dir, cfg)
-    if len(step_s) != cfg.total_steps or len(generated) != cfg.total_steps:
-        raise RuntimeError(f"{tag}: expected {cfg.total_steps} steps, got {len(step_s)}; log: {log}")
+    finished = min(len(step_s), len(generated))
+    if finished <= cfg.warmup or (finished < cfg.total_steps and not child.timed_out):
+        raise RuntimeError(f"{tag}: expected {cfg.total_steps} steps, got {finished}; log: {log}")
+    if finished < cfg.total_steps:
+        print(f"  {tag}: stopped by --timeout-min after {finished} of {cfg.total_steps} steps", flush=True)
+    step_s, generated = step_s[:finished], generated[:finished]
     w = cfg.warmup
     stats = StepStats(
         step_s=step_s[w:],
@@ -319,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the alternation")
     parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma list from {CONTENDERS}")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all cores)")
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run a round's contenders at the same time (a busy shared machine: all see the same load)",
+    )
+    parser.add_argument("--timeout-min", type=float, default=None, help="stop a run after this long; keep its finished steps")
     parser.add_argument("--workdir", type=Path, default=None, help="keep configs, logs and run dirs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--trl-worker", help=argparse.SUPPRESS)
@@ -347,23 +355,35 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"config: {cfg.prompts} prompts x {cfg.samples} samples, {cfg.max_new_tokens} new tokens, "
         f"LoRA r{cfg.lora_rank} all-linear, {cfg.steps} timed steps after {cfg.warmup} warm-up, "
-        f"{cfg.n_threads} threads; work dir {work}"
+        f"{cfg.n_threads} threads, {'in parallel' if args.parallel else 'one after the other'}; work dir {work}"
     )
 
     prompt_tokens = step_prompt_tokens(cfg)
     runs: dict[str, list[StepStats]] = {n: [] for n in names}
     peaks: dict[str, int] = {n: 0 for n in names}
+    timeout_s = args.timeout_min * 60 if args.timeout_min else None
+
+    def one(name: str, attempt: int) -> None:
+        t0 = time.perf_counter()
+        stats, peak = run_contender(name, cfg, work, attempt, prompt_tokens, timeout_s)
+        runs[name].append(stats)
+        peaks[name] = max(peaks[name], peak)
+        print(
+            f"  [{attempt + 1}/{args.repeats}] {name}: median {stats.median_s:.2f} s/step, "
+            f"peak RSS {peak / 1024**3:.2f} GiB ({time.perf_counter() - t0:.0f} s wall)",
+            flush=True,
+        )
+
     for attempt in range(args.repeats):
-        for name in names:
-            t0 = time.perf_counter()
-            stats, peak = run_contender(name, cfg, work, attempt, prompt_tokens)
-            runs[name].append(stats)
-            peaks[name] = max(peaks[name], peak)
-            print(
-                f"  [{attempt + 1}/{args.repeats}] {name}: median {stats.median_s:.2f} s/step, "
-                f"peak RSS {peak / 1024**3:.2f} GiB ({time.perf_counter() - t0:.0f} s wall)",
-                flush=True,
-            )
+        if args.parallel:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(names)) as pool:
+                for future in [pool.submit(one, name, attempt) for name in names]:
+                    future.result()
+        else:
+            for name in names:
+                one(name, attempt)
 
     results = {n: (merge_stats(runs[n]), peaks[n]) for n in names}
     md = print_table("GRPO step: tunecli vs TRL", COMPARISON_HEADER, comparison_rows(results, baseline="trl"))

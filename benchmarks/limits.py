@@ -1,18 +1,20 @@
 """This machine's limits (matmul FLOP/s, memory bandwidth) and how close the trainer gets to them.
 
     python benchmarks/limits.py                      # machine limits only
-    python benchmarks/limits.py --run                # + run a short quickstart-like training and rate it
+    python benchmarks/limits.py --run hf --run vllm  # + run a short training per engine and rate it
     python benchmarks/limits.py --metrics RUN_DIR    # + rate an existing run from RUN_DIR/metrics.jsonl
 
 Training-phase FLOPs (the formula, per step; N = parameters used in matmuls, T = tokens through the
-model, i.e. prompt + response tokens of every sample, padding excluded so padding counts as waste):
+model: response tokens of every sample + prompt tokens, each prompt once per group when the trainer
+shares it across the group's samples (its KV cache; the default), padding excluded so it counts as waste):
   policy forward + backward:  full fine-tuning 6*N*T (forward 2NT, activation grads 2NT, weight grads 2NT);
                               LoRA 4*N*T (the frozen base needs no weight grads; adapter FLOPs are <1%
                               at r=16 and are left out)
   + 2*N*T for each extra no-grad forward over the batch: the old-policy log-probs (when the trainer
     recomputes them) and the reference log-probs (when the KL loss is on).
   N counts every Linear weight including the LM head (tied embeddings count once, as the head's matmul;
-  the input embedding is a lookup, not a matmul). Attention scores (~4 * layers * T * ctx * d) are left
+  the input embedding is a lookup, not a matmul); the head's share only counts the positions that
+  predict response tokens, the only ones the trainer sends through it. Attention scores (~4 * layers * T * ctx * d) are left
   out: a few percent at these lengths, so the achieved FLOP/s is slightly understated.
 Rollout: generated tokens/s against the decode roofline: min(bandwidth / weight bytes * concurrent
 sequences (each decode step reads every weight once), matmul peak of the engine's dtype / 2N).
@@ -95,7 +97,7 @@ class MachineLimits:
 def measure_machine(*, quick: bool = False, threads: int | None = None) -> MachineLimits:
     torch.set_num_threads(threads or usable_cores())
     shapes = [("square 256", (256, 256, 256))] if quick else MATMUL_SHAPES
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 10  # best-of-many: the CPU is shared, the best run is the least disturbed
     per_shape = []
     for name, (m, k, n) in shapes:
         f32 = matmul_flops(m, k, n, torch.float32, repeats)
@@ -141,12 +143,24 @@ def matmul_params(model: torch.nn.Module) -> int:
 
 
 def training_flops(
-    n_params: int, tokens: int, *, method: str, recompute_old_logprobs: bool, reference_forward: bool
+    n_params: int,
+    tokens: int,
+    *,
+    method: str,
+    recompute_old_logprobs: bool,
+    reference_forward: bool,
+    head_params: int = 0,
+    head_tokens: int | None = None,
 ) -> float:
-    """FLOPs of one training phase (see the module docstring for the formula)."""
+    """FLOPs of one training phase (see the module docstring for the formula).
+
+    ``head_params``/``head_tokens``: the LM head only runs on the positions that predict response
+    tokens (logits_to_keep), so its share counts ``head_tokens`` instead of ``tokens``.
+    """
     per_token = 6 if method == "full" else 4
     per_token += 2 * int(recompute_old_logprobs) + 2 * int(reference_forward)
-    return float(per_token) * n_params * tokens
+    head_tokens = tokens if head_tokens is None else head_tokens
+    return float(per_token) * (n_params * tokens - head_params * (tokens - head_tokens))
 
 
 @dataclass
@@ -161,14 +175,24 @@ class RunRates:
 
 
 def rate_steps(
-    fields: list, prompt_tokens: list[int], *, n_params: int, method: str, recompute_old: bool, reference: bool
+    fields: list,
+    prompt_tokens: list[int],
+    *,
+    n_params: int,
+    method: str,
+    recompute_old: bool,
+    reference: bool,
+    head_params: int = 0,
 ) -> RunRates:
     """Achieved training FLOP/s and rollout tokens/s over the given steps (StepFields + prompt tokens each)."""
-    train_s = sum(f.train_s for f in fields)
+    train_s = sum(f.train_s - f.sync_s for f in fields)  # the update alone (sync is not training FLOPs)
     rollout_s = sum(f.rollout_s for f in fields)
     generated = sum(f.generated_tokens for f in fields)
     tokens = generated + sum(prompt_tokens)
-    flops = training_flops(n_params, tokens, method=method, recompute_old_logprobs=recompute_old, reference_forward=reference)
+    flops = training_flops(
+        n_params, tokens, method=method, recompute_old_logprobs=recompute_old, reference_forward=reference,
+        head_params=head_params, head_tokens=generated,
+    )
     return RunRates(
         steps=len(fields),
         train_flops_s=flops / train_s if train_s else 0.0,
@@ -190,8 +214,12 @@ def recipe_of_run(run_dir: Path):
     return load_recipe(configs[-1])
 
 
-def prompt_tokens_per_step(recipe, steps: int) -> list[int]:
-    """Replay the trainer's own data pipeline: prompt tokens x samples of each of the first ``steps`` steps."""
+def prompt_tokens_per_step(recipe, steps: int, *, shared: bool) -> list[int]:
+    """Replay the trainer's own data pipeline: the prompt tokens the training passes run in each step.
+
+    ``shared``: the trainer runs each prompt once for its whole group (its KV cache is shared by the
+    n responses), so a prompt counts once; otherwise once per sample.
+    """
     from tunecli.trainer.data import PromptSampler, load_splits, render_prompts
     from tunecli.trainer.embedded import resolve_model_path
     from tunecli.trainer.policy import load_tokenizer
@@ -204,7 +232,13 @@ def prompt_tokens_per_step(recipe, steps: int) -> list[int]:
         max_prompt_length=data.max_prompt_length, filter_overlong=data.filter_overlong_prompts,
     )
     sampler = PromptSampler(samples, data.train_batch_size, recipe.trainer.seed, data.shuffle)
-    return [sum(len(p.token_ids) for p in sampler.next_batch()) * recipe.rollout.n for _ in range(steps)]
+    per_prompt = 1 if shared else recipe.rollout.n
+    return [sum(len(p.token_ids) for p in sampler.next_batch()) * per_prompt for _ in range(steps)]
+
+
+def shares_prompts(recipe) -> bool:
+    """tunecli's training passes run a group's prompt once unless gradient checkpointing is on (loop.py)."""
+    return not recipe.model.enable_gradient_checkpointing
 
 
 def is_on_policy(recipe) -> bool:
@@ -220,27 +254,33 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
     recipe = recipe_of_run(run_dir)
     samples = recipe.data.train_batch_size * recipe.rollout.n
     rows = read_metrics(run_dir)
-    prompt_tokens = prompt_tokens_per_step(recipe, len(rows))
+    shared = shares_prompts(recipe)
+    prompt_tokens = prompt_tokens_per_step(recipe, len(rows), shared=shared)
     timed = slice(warmup, None) if len(rows) > warmup else slice(None)
     fields = [step_fields(r, samples) for r in rows][timed]
-    n_params, weight_bytes = model_size(recipe)
+    n_params, head_params, weight_bytes = model_size(recipe)
     recompute_old = not is_on_policy(recipe) and not recipe.rollout.use_rollout_logprobs
     reference = recipe.actor.use_kl_loss
     rates = rate_steps(
         fields, prompt_tokens[timed], n_params=n_params, method=recipe.model.method,
-        recompute_old=recompute_old, reference=reference,
+        recompute_old=recompute_old, reference=reference, head_params=head_params,
     )
     passes = (6 if recipe.model.method == "full" else 4) + 2 * recompute_old + 2 * reference
     decode_bound = rollout_bound(limits, n_params, weight_bytes, samples)
     print(
         f"\ntrainer ({recipe.model.method}, engine {recipe.rollout.name}, {rates.steps} timed steps, "
-        f"N={n_params / 1e6:.1f}M matmul params, {rates.tokens} tokens, {passes}*N FLOPs/token):"
+        f"N={n_params / 1e6:.1f}M matmul params, {rates.tokens} tokens run "
+        f"({'prompts once per group' if shared else 'prompts once per sample'}), {passes}*N FLOPs/token):"
     )
     print(
         f"  training phase: {rates.train_flops_s / 1e9:.1f} GFLOP/s = "
         f"{rates.train_flops_s / limits.fp32_flops:.0%} of the measured fp32 matmul peak "
         f"({limits.fp32_flops / 1e9:.0f} GFLOP/s); goal >= 40%"
-        + ("  [train time includes the vLLM weight sync]" if recipe.rollout.name == "vllm" else "")
+        + (
+            "  [train time includes the weight sync: the run has no timing/sync_s]"
+            if recipe.rollout.name == "vllm" and not any(f.sync_s for f in fields)
+            else ""
+        )
     )
     print(
         f"  rollout phase: {rates.rollout_tok_s:.0f} generated tok/s = "
@@ -271,8 +311,8 @@ def rollout_bound(limits: MachineLimits, n_params: int, weight_bytes: int, concu
     return min(bandwidth_bound, compute_bound)
 
 
-def model_size(recipe) -> tuple[int, int]:
-    """(matmul parameters, bytes of weights the rollout engine reads per decode step)."""
+def model_size(recipe) -> tuple[int, int, int]:
+    """(matmul parameters, of which the LM head, bytes of weights the rollout engine reads per decode step)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tunecli.trainer.embedded import resolve_model_path
@@ -281,11 +321,13 @@ def model_size(recipe) -> tuple[int, int]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     n = matmul_params(model)
+    head = model.get_output_embeddings()
+    head_params = head.weight.numel() if isinstance(head, torch.nn.Linear) else 0
     if recipe.rollout.name == "vllm":
         itemsize = 4 if recipe.rollout.dtype == "float32" else 2
     else:
         itemsize = 4 if recipe.model.dtype == "float32" else 2
-    return n, n * itemsize
+    return n, head_params, n * itemsize
 
 
 def run_short_training(engine: str, steps: int, work: Path) -> Path:

@@ -125,3 +125,10 @@ def test_bench_recipe_is_valid_and_feeds_the_same_prompts_as_trl(tmp_path):
     sampler = PromptSampler(train, recipe.data.train_batch_size, recipe.trainer.seed, recipe.data.shuffle)
     trainer_order = [ex.prompt for _ in range(cfg.total_steps) for ex in sampler.next_batch()]
     assert trainer_order == [ex.prompt for ex in compare_trl.bench_examples(cfg)]
+
+
+def test_training_flops_counts_the_head_only_on_response_positions():
+    # 100 tokens, of which 30 predict response tokens; head has 200 of the 1000 params
+    got = limits.training_flops(1000, 100, method="lora", recompute_old_logprobs=False, reference_forward=False,
+                                head_params=200, head_tokens=30)
+    assert got == 4 * (800 * 100 + 200 * 30)

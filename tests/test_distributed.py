@@ -181,7 +181,9 @@ def _assert_same_run(metrics: dict, weights: dict, reference, steps=range(1, STE
             assert metrics[step][key] == pytest.approx(ref_metrics[step][key], rel=1e-3, abs=1e-6), (step, key)
     assert weights.keys() == ref_weights.keys()
     for k in ref_weights:
-        torch.testing.assert_close(weights[k], ref_weights[k], rtol=1e-4, atol=1e-5, msg=k)
+        # AdamW turns the tiny float differences of another reduction order into ~1e-5 weight noise;
+        # a wrong batch split or normalisation moves weights by ~lr (1e-2) per step.
+        torch.testing.assert_close(weights[k], ref_weights[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
 @pytest.mark.slow

@@ -202,3 +202,19 @@ def test_tune_train_user_errors_are_one_paragraph(tmp_path, tiny_model_dir):
     assert result.exit_code == 1 and "did you mean 'lr'" in text and "Traceback" not in text
     result = CliRunner().invoke(app, ["train", "--config", str(config), "actor.ppo_mini_batch_size=3"])
     assert result.exit_code == 1 and "ppo_mini_batch_size=3 must divide" in " ".join(result.output.split())
+
+
+def test_which_config_changes_block_a_resume():
+    from tunecli.recipe.io import dump_recipe, recipe_from_dict
+    from tunecli.trainer.checkpoint import math_differences
+
+    saved = dump_recipe(recipe_from_dict({}))
+
+    def diff(*overrides):
+        return [d.split(":")[0] for d in math_differences(saved, dump_recipe(recipe_from_dict({}, list(overrides))))]
+
+    # Length of the run, logging, memory knobs and the micro-batch split do not change the math.
+    assert diff("trainer.total_training_steps=99", "trainer.test_freq=3", "actor.ppo_micro_batch_size_per_gpu=2",
+                "rollout.gpu_memory_utilization=0.5", "launch.n_gpus_per_node=2", "trainer.max_minutes=5") == []
+    assert diff("actor.lr=1e-3", "trainer.seed=1", "rollout.n=8", "reward.kwargs={a: 1}") == [
+        "actor.lr", "reward.kwargs", "rollout.n", "trainer.seed"]

@@ -101,7 +101,7 @@ def checkpoint_weights(ckpt_dir: Path, tmp: Path) -> dict:
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    out = tmp / f"{Path(ckpt_dir).parent.parent.parent.name}-{Path(ckpt_dir).name}.pt"
+    out = tmp / f"{Path(ckpt_dir).parent.parent.name}-{Path(ckpt_dir).name}.pt"  # RUN-step_N.pt
     dcp_to_torch_save(str(Path(ckpt_dir) / "model_optim"), str(out))
     return torch.load(out, weights_only=False)["model"]
 

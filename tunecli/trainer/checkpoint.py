@@ -103,14 +103,14 @@ def check_compatible(ckpt: Path, current: dict[str, Any]) -> None:
         )
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -133,7 +133,6 @@ def save(
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
     config: dict[str, Any],
-    rng_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write step_N atomically (a collective: every rank calls it). Returns the final directory."""
     import torch.distributed.checkpoint as dcp
@@ -147,7 +146,7 @@ def save(
     distributed.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "model_optim"))
-    torch.save(rng_state or _rng_state(), tmp / f"rng_rank{distributed.rank()}.pt")
+    torch.save(rng_state(), tmp / f"rng_rank{distributed.rank()}.pt")
     if distributed.is_main():
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -180,5 +179,5 @@ def load(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | 
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_state_dict_options(loading=True))
     rng_file = ckpt / f"rng_rank{distributed.rank()}.pt"
     if rng_file.is_file():  # a run resumed on more ranks than it was saved with seeds the new ones fresh
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=False))
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)

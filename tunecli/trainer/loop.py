@@ -313,7 +313,8 @@ class Trainer:
             minibatches.append([i for i in idx if active[i]] if drop_inactive else idx)
 
         on_policy = actor.ppo_epochs == 1 and num_mini == 1
-        old_logp, ref_logp = self._reference_passes(rollout, [i for mb in minibatches for i in mb], need_old=not on_policy)
+        need_old = not on_policy or cfg.rollout.use_rollout_logprobs
+        old_logp, ref_logp = self._reference_passes(rollout, [i for mb in minibatches for i in mb], need_old=need_old)
 
         sums: dict[str, float] = {}
         updates = 0
@@ -519,11 +520,11 @@ class Trainer:
         return metrics
 
     def _step_start_state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict(), "rng": checkpoint._rng_state()}
+        return {"sampler": self.sampler.state_dict(), "rng": checkpoint.rng_state()}
 
     def _restore_step_start_state(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        checkpoint._set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path:
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "scheduler": self.scheduler.state_dict()}

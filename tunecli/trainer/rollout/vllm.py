@@ -221,8 +221,15 @@ class VLLMEngine:
 
         from vllm import LLM
 
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process; the
+        # trainer shares this process and must keep control of its own thread count.
+        set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
         start = time.perf_counter()
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(threads)
         self.start_s = time.perf_counter() - start
         log.info("vllm engine started in %.1f s (%s, dtype %s)", self.start_s, model_path, dtype)
 
@@ -278,7 +285,8 @@ class VLLMEngine:
                 self._push_adapter(policy)
             else:
                 items = merged_state_items(policy) if _is_peft(policy) else full_state_items(policy)
-                self._push_weights(items)
+                dtype = self.llm.model_config.dtype  # cast here: vLLM warns per tensor otherwise
+                self._push_weights((n, t.to(dtype) if t.is_floating_point() else t) for n, t in items)
         self._weights_discarded = False
         self.last_sync_s = time.perf_counter() - start
 
