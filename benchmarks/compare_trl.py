@@ -275,40 +275,80 @@ def run_contender(
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     log = work / f"{tag}.log"
+    if name == "trl":
+        cmd = [sys.executable, __file__, "--trl-worker", json.dumps(asdict(cfg)), "--result", str(work / f"{tag}.json")]
+    else:
+        engine = name.split("-", 1)[1]
+        config = work / f"{tag}.yaml"
+        config.write_text(yaml.safe_dump(tunecli_recipe(cfg, engine, work / tag), sort_keys=False))
+        if engine == "vllm":
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: weight sync by collective_rpc
+        cmd = tunecli_command(config)
+    child = run_child(cmd, env=env, cwd=work, log_path=log, timeout_s=timeout_s)
+    record_peak(work, tag, child.peak_rss_bytes)
+    if child.returncode != 0 and not child.timed_out:
+        raise RuntimeError(f"{tag} failed (exit {child.returncode}); log: {log}\n{child.output[-3000:]}")
+    stats = collect(name, cfg, work, attempt, prompt_tokens, partial_ok=child.timed_out)
+    return stats, child.peak_rss_bytes
+
+
+def record_peak(work: Path, tag: str, peak: int) -> None:
+    """Keep each run's peak RSS next to its files (``--report`` rebuilds the table from them)."""
+    path = work / "peak_rss.json"
+    peaks = json.loads(path.read_text()) if path.is_file() else {}
+    peaks[tag] = max(peak, peaks.get(tag, 0))
+    path.write_text(json.dumps(peaks))
+
+
+def collect(name: str, cfg: BenchConfig, work: Path, attempt: int, prompt_tokens: list[int], partial_ok: bool) -> StepStats:
+    """The timed steps of a finished (or, with ``partial_ok``, stopped) run, from the files it wrote."""
+    tag = f"{name}-{attempt}"
     extra: dict[str, list[float]] = {}
     if name == "trl":
         result = work / f"{tag}.json"
-        cmd = [sys.executable, __file__, "--trl-worker", json.dumps(asdict(cfg)), "--result", str(result)]
-        child = run_child(cmd, env=env, cwd=work, log_path=log, timeout_s=timeout_s)
-        if (child.returncode != 0 and not child.timed_out) or not result.is_file():
-            raise RuntimeError(f"{tag} failed (exit {child.returncode}); log: {log}\n{child.output[-3000:]}")
+        if not result.is_file():
+            raise RuntimeError(f"{tag} finished no step; log: {work / (tag + '.log')}")
         data = json.loads(result.read_text())
         step_s, generated = data["step_s"], data["generated_tokens"]
     else:
-        engine = name.split("-", 1)[1]
-        run_dir = work / tag
-        config = work / f"{tag}.yaml"
-        config.write_text(yaml.safe_dump(tunecli_recipe(cfg, engine, run_dir), sort_keys=False))
-        if engine == "vllm":
-            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: weight sync by collective_rpc
-        child = run_child(tunecli_command(config), env=env, cwd=work, log_path=log, timeout_s=timeout_s)
-        if child.returncode != 0 and not child.timed_out:
-            raise RuntimeError(f"{tag} failed (exit {child.returncode}); log: {log}\n{child.output[-3000:]}")
-        step_s, generated, extra = tunecli_stats(run_dir, cfg)
+        step_s, generated, extra = tunecli_stats(work / tag, cfg)
     finished = min(len(step_s), len(generated))
-    if finished <= cfg.warmup or (finished < cfg.total_steps and not child.timed_out):
-        raise RuntimeError(f"{tag}: expected {cfg.total_steps} steps, got {finished}; log: {log}")
+    if finished <= cfg.warmup or (finished < cfg.total_steps and not partial_ok):
+        raise RuntimeError(f"{tag}: expected {cfg.total_steps} steps, got {finished}; log: {work / (tag + '.log')}")
     if finished < cfg.total_steps:
-        print(f"  {tag}: stopped by --timeout-min after {finished} of {cfg.total_steps} steps", flush=True)
-    step_s, generated = step_s[:finished], generated[:finished]
+        print(f"  {tag}: stopped after {finished} of {cfg.total_steps} steps (--timeout-min)", flush=True)
     w = cfg.warmup
-    stats = StepStats(
-        step_s=step_s[w:],
-        generated_tokens=generated[w:],
-        trained_tokens=[g + p for g, p in zip(generated[w:], prompt_tokens[w:])],
-        extra={k: v[w:] for k, v in extra.items()},
+    return StepStats(
+        step_s=step_s[w:finished],
+        generated_tokens=generated[w:finished],
+        trained_tokens=[g + p for g, p in zip(generated[w:finished], prompt_tokens[w:finished])],
+        extra={k: v[w:finished] for k, v in extra.items()},
     )
-    return stats, child.peak_rss_bytes
+
+
+def report(work: Path, cfg: BenchConfig, names: list[str], prompt_tokens: list[int]) -> tuple[dict, dict]:
+    """Rebuild the results of an earlier (possibly stopped) run from its work directory."""
+    peaks_file = work / "peak_rss.json"
+    recorded = json.loads(peaks_file.read_text()) if peaks_file.is_file() else {}
+    runs: dict[str, list[StepStats]] = {n: [] for n in names}
+    peaks: dict[str, int] = {n: 0 for n in names}
+    for name in names:
+        attempt = 0
+        while (work / f"{name}-{attempt}.log").is_file():
+            tag = f"{name}-{attempt}"
+            try:
+                runs[name].append(collect(name, cfg, work, attempt, prompt_tokens, partial_ok=True))
+            except (RuntimeError, FileNotFoundError) as e:
+                print(f"  {tag}: skipped ({e})")
+            peak = recorded.get(tag, 0)
+            if not peak and name != "trl" and (work / tag / "metrics.jsonl").is_file():
+                from _common import GIB, read_metrics
+
+                rows = read_metrics(work / tag)
+                peak = int(max((r.get("memory/peak_rss_gib", 0.0) for r in rows), default=0.0) * GIB)
+            peaks[name] = max(peaks[name], peak)
+            attempt += 1
+    return runs, peaks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout-min", type=float, default=None, help="stop a run after this long; keep its finished steps")
     parser.add_argument("--workdir", type=Path, default=None, help="keep configs, logs and run dirs here")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="only rebuild the table from the work dir of an earlier run (same options)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--trl-worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -349,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(CONTENDERS)
     if unknown:
         parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {CONTENDERS}")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tunecli-bench-"))
+    work = args.report or args.workdir or Path(tempfile.mkdtemp(prefix="tunecli-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_summary()}")
     print(
@@ -365,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(name: str, attempt: int) -> None:
         t0 = time.perf_counter()
-        stats, peak = run_contender(name, cfg, work, attempt, prompt_tokens, timeout_s)
+        try:
+            stats, peak = run_contender(name, cfg, work, attempt, prompt_tokens, timeout_s)
+        except RuntimeError as e:  # one failed run must not lose the others' numbers
+            print(f"  [{attempt + 1}/{args.repeats}] {name}: FAILED: {e}", flush=True)
+            return
         runs[name].append(stats)
         peaks[name] = max(peaks[name], peak)
         print(
@@ -374,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    for attempt in range(args.repeats):
+    for attempt in range(0 if args.report else args.repeats):
         if args.parallel:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -385,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 one(name, attempt)
 
-    results = {n: (merge_stats(runs[n]), peaks[n]) for n in names}
+    if args.report:
+        runs, peaks = report(work, cfg, names, prompt_tokens)
+    results = {n: (merge_stats(runs[n]), peaks[n]) for n in names if runs[n]}
+    if not results:
+        print("no run finished a timed step")
+        return 1
     md = print_table("GRPO step: tunecli vs TRL", COMPARISON_HEADER, comparison_rows(results, baseline="trl"))
     for n, (stats, _) in results.items():
         if "rollout_s" in stats.extra and stats.extra["rollout_s"]:

@@ -28,7 +28,9 @@ QUICKSTART = {
     "model": {"path": "smollm2-135m", "method": "lora", "lora_rank": 16, "lora_alpha": 32, "target_modules": "all-linear"},
     "data": {"dataset": "arithmetic", "difficulty": 2, "train_size": 2000, "val_size": 64,
              "train_batch_size": 4, "max_prompt_length": 128, "max_response_length": 12},
-    "reward": {"function": "arithmetic"},
+    # Responses cut at 12 tokens score 0: crediting a number found in a cut-off ramble let the
+    # policy drift into always-truncated outputs (measured: greedy +4.7 points in 15 min without it).
+    "reward": {"function": "arithmetic", "truncated_score": 0.0},
     "algorithm": {"name": "grpo"},
     "actor": {"lr": 5e-4, "ppo_mini_batch_size": 4, "ppo_micro_batch_size_per_gpu": 16, "use_kl_loss": False,
               "entropy_coeff": 0.0, "grad_clip": 1.0},

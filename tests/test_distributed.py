@@ -152,7 +152,7 @@ def test_fsdp2_two_processes_match_one_process(toy_runs, variant):
 # ---------------------------------------------------------------------------------------------
 # The real trainer (python -m tunecli.train) on 1 and 2 processes, and across 2 "nodes"
 # ---------------------------------------------------------------------------------------------
-STEPS = 3
+STEPS = 2
 COMPARED = ["actor/entropy", "actor/kl", "actor/pg_loss", "actor/grad_norm", "response/length", "reward/mean"]
 
 

@@ -218,3 +218,22 @@ def test_which_config_changes_block_a_resume():
                 "rollout.gpu_memory_utilization=0.5", "launch.n_gpus_per_node=2", "trainer.max_minutes=5") == []
     assert diff("actor.lr=1e-3", "trainer.seed=1", "rollout.n=8", "reward.kwargs={a: 1}") == [
         "actor.lr", "reward.kwargs", "rollout.n", "trainer.seed"]
+
+
+def test_truncated_responses_get_truncated_score(embedded_dir):
+    from transformers import AutoTokenizer
+
+    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.trainer.data import Example, PromptSample
+    from tunecli.trainer.loop import Trainer
+    from tunecli.trainer.rewards import resolve_reward
+    from tunecli.trainer.rollout import Rollout
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    prompts = [PromptSample(Example("What is 2 + 2?", "4"), "p", [1])]
+    four = tokenizer("4", add_special_tokens=False)["input_ids"]
+    rollout = Rollout(prompt_ids=[[1], [1]], response_ids=[four + [tokenizer.eos_token_id], four], finished=[True, False])
+    for truncated_score, expected in ((None, [1.0, 1.0]), (0.0, [1.0, 0.0]), (-0.5, [1.0, -0.5])):
+        trainer = Trainer(recipe_from_dict({}, [f"reward.truncated_score={'null' if truncated_score is None else truncated_score}"]))
+        trainer.tokenizer, trainer.reward_fn = tokenizer, resolve_reward("arithmetic")
+        assert trainer._score(prompts, rollout).tolist() == expected

@@ -20,7 +20,7 @@ from tunecli.launch.hardware import Gpu, Machine
 from tunecli.recipe.io import dump_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torchrun_helpers import read_metrics, run, small_recipe, tune_cmd, worker_env, write_recipe  # noqa: E402
+from torchrun_helpers import free_port, read_metrics, run, small_recipe, tune_cmd, worker_env, write_recipe  # noqa: E402
 
 runner = CliRunner()
 
@@ -181,11 +181,13 @@ def _has_step(run_dir: Path) -> bool:
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_tune_run_resumes(tiny_model_dir, tmp_path):
     """Ctrl-C on a 2-process `tune run`: the workers save a checkpoint, exit 130; running again resumes."""
-    steps = 6
+    steps = 4
     recipe = small_recipe(tiny_model_dir, "sig", trainer={"total_training_steps": steps, "save_freq": -1})
     _, script = write_recipe(recipe, tmp_path)
     run_dir = tmp_path / "runs" / "sig"
-    env = worker_env(COLUMNS="300")  # no wrapped lines in the messages checked below
+    # No wrapped lines in the messages checked below; torchrun's master port (PET_MASTER_PORT is its
+    # --master-port) free, not the default 29500 another run on this machine may hold.
+    env = worker_env(COLUMNS="300", PET_MASTER_PORT=str(free_port()))
     proc = subprocess.Popen(tune_cmd("run", str(script)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 import typer
+from rich.markup import escape
 
 from tunecli.cli import console
 from tunecli.errors import TuneError
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 console.info(f"(on each of the {target.recipe.launch.nnodes} machines)")
             raise typer.Exit(0)
 
-        console.info(f"[bold]tune run[/bold] {shlex.quote(recipe)}: {lines[-1]}")
+        console.info(f"[bold]tune run[/bold] {escape(shlex.quote(recipe))}: {escape(lines[-1])}")
 
         def on_interrupt(count: int) -> None:
             if count == 1:
@@ -71,22 +72,22 @@ def register(app: typer.Typer) -> None:
         outcome = run_child(launch.command, launch.env, on_interrupt=on_interrupt)
         code = outcome.returncode
         if outcome.interrupted and code != 0:
-            _report_interrupt(target)
+            _report_interrupt(target, launch.env["TUNECLI_RESUME_HINT"])
             if code == 1 and target.recipe is not None and target.recipe.launch.world_size > 1:
                 # torchrun ends a run it forwarded Ctrl-C to with its own code 1; the workers exited 130.
                 code = 130
         raise typer.Exit(code)
 
 
-def _report_interrupt(target) -> None:
+def _report_interrupt(target, again: str) -> None:
+    """Where the run stopped and the command (`again`, with its overrides) that resumes it."""
     if target.recipe is None:
         return
     from tunecli.launch.plan import run_dir
     from tunecli.trainer.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(run_dir(target.recipe))
-    again = shlex.join(["tune", "run", str(target.path)])
     if ckpt is not None:
-        console.info(f"Stopped. Latest checkpoint: {ckpt}. Run `{again}` again to resume from it.")
+        console.info(escape(f"Stopped. Latest checkpoint: {ckpt}. Run {again} again to resume from it."))
     else:
-        console.info(f"Stopped before any checkpoint was written; `{again}` starts from the beginning.")
+        console.info(escape(f"Stopped before any checkpoint was written; {again} starts from the beginning."))

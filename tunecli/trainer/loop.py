@@ -281,11 +281,19 @@ class Trainer:
         return rollout
 
     def _score(self, prompts: list[PromptSample], rollout: Rollout) -> torch.Tensor:
-        """Reward per sample, [N]. A reward that raises stops the run with the sample in the message."""
+        """Reward per sample, [N]. A reward that raises stops the run with the sample in the message.
+
+        ``reward.truncated_score`` (when set) replaces the reward of responses cut at the length limit:
+        an answer cut mid-way is not an answer, and crediting it lets the policy drift into rambling.
+        """
         per_prompt = len(rollout) // len(prompts)
+        truncated_score = self.recipe.reward.truncated_score
         completions = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         rewards = []
         for k, completion in enumerate(completions):
+            if truncated_score is not None and not rollout.finished[k]:
+                rewards.append(truncated_score)
+                continue
             ex = prompts[k // per_prompt].example
             rewards.append(self.reward_fn(prompts[k // per_prompt].text, completion, ex.ground_truth, **ex.extra))
         return torch.tensor(rewards, dtype=torch.float32)
