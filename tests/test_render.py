@@ -124,7 +124,7 @@ def test_multi_node_runs_torchrun_with_rendezvous(tmp_path):
 def test_single_node_multi_gpu_has_no_rendezvous(tmp_path):
     _, yaml_path, sh_path = _write(tmp_path, preset="qwen2.5-14b_grpo-lora_2_h100_fsdp_vllm")
     argv = _run(sh_path, tmp_path)
-    assert argv == ["torchrun", "--nproc-per-node", "2", "--nnodes", "1", "-m", "tunecli.train", "--config",
+    assert argv == ["torchrun", "--nproc-per-node", "2", "--nnodes", "1", "--standalone", "-m", "tunecli.train", "--config",
                     str(yaml_path.resolve())]
 
 

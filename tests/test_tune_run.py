@@ -53,7 +53,7 @@ def test_dry_run_prints_the_exact_command_lines(recipes, tmp_path):
     gen = tmp_path / "generated"
     assert dry_run_lines("generated/two.sh", "--", "actor.lr=1e-5") == [
         "bash generated/two.sh actor.lr=1e-5",
-        f"torchrun --nproc-per-node 2 --nnodes 1 -m tunecli.train --config {gen}/two.yaml actor.lr=1e-5",
+        f"torchrun --nproc-per-node 2 --nnodes 1 --standalone -m tunecli.train --config {gen}/two.yaml actor.lr=1e-5",
     ]
     assert dry_run_lines("generated/one.sh", "--no-resume") == [
         "bash generated/one.sh --no-resume",

@@ -198,7 +198,9 @@ def trainer_command(recipe: Recipe, yaml_path: Path, args: list[str], *, python:
     if launch.world_size == 1:
         return [python, "-m", "tunecli.train", *config, *args]
     cmd = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.n_gpus_per_node), "--nnodes", str(launch.nnodes)]
-    if launch.nnodes > 1:
+    if launch.nnodes == 1:
+        cmd.append("--standalone")  # a free local port: two runs on one machine never collide on 29500
+    else:
         endpoint = os.environ.get("TUNE_RDZV_ENDPOINT") or launch.rdzv_endpoint
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
     return [*cmd, "-m", "tunecli.train", *config, *args]

@@ -88,8 +88,11 @@ class MetricsLogger:
         self.task = self.progress.add_task("", total=total_steps, completed=start_step)
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines of steps after the checkpoint (they are re-run)."""
+        """On resume, drop lines of steps after the checkpoint (they are re-run); a fresh run starts empty."""
         if not self.path.is_file():
+            return
+        if step == 0:  # step 0 is re-run whole (validation included)
+            self.path.unlink()
             return
         kept = []
         for line in self.path.read_text().splitlines():
