@@ -175,7 +175,7 @@ def main() -> int:
             name, str(tokens), f"{seconds:.2f}", f"{rate:.1f}",
             "" if sync is None else f"{sync:.3f}", f"{raw_rate / rate:.2f}x" if raw_rate else "",
         )
-    Console().print(table)
+    Console(width=130).print(table)
     return 0
 
 

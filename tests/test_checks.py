@@ -27,7 +27,7 @@ BAD = [
     ("batch-vs-dp", ["--gpus", "3", "--set", "data.train_batch_size=8"], ["data.train_batch_size", "3 data-parallel", "multiple of 3"]),
     ("micro", ["--set", "actor.ppo_micro_batch_size_per_gpu=5"], ["actor.ppo_micro_batch_size_per_gpu", "divisor of 32"]),
     ("tp-divides", ["--set", "rollout.tensor_model_parallel_size=2"], ["rollout.tensor_model_parallel_size", "divide"]),
-    ("max-model-len", ["--set", "rollout.max_model_len=100"], ["rollout.max_model_len", "128 + 64 = 192"]),
+    ("max-model-len", ["--set", "rollout.max_model_len=100"], ["rollout.max_model_len", "128 + 12 = 140"]),
     ("model-context", ["--set", "data.max_response_length=9000"], ["rollout.max_model_len", "at most 8192"]),
     ("lora-rank", ["--set", "model.lora_rank=0"], ["model.lora_rank", "rank > 0"]),
     ("reward-missing", ["--reward", "nope.py:reward"], ["reward.function", "does not exist"]),

@@ -101,12 +101,12 @@ def test_validate_detects_edits_and_fix_hash(tmp_path):
     assert tune("new", "--preset", "quickstart", "--yes", "--out", tmp_path, "--name", "v").exit_code == 0
     y, sh = tmp_path / "v.yaml", tmp_path / "v.sh"
     assert tune("validate", y).exit_code == 0 and tune("validate", sh).exit_code == 0
-    y.write_text(y.read_text().replace("lr: 0.0001", "lr: 0.0002"))
+    y.write_text(y.read_text().replace("lr: 0.0005", "lr: 0.0002"))
     result = tune("validate", sh)
     assert result.exit_code == 1 and "--fix-hash" in flat(result.output)
     assert tune("validate", "--fix-hash", y).exit_code == 0
     assert read_script_header(sh)["yaml_sha256"] == yaml_hash(y)
-    y.write_text(y.read_text().replace("n: 4", "n: 3"))  # 8 prompts x 3 over micro 16: not whole
+    y.write_text(y.read_text().replace("n: 8", "n: 3"))  # 4 prompts x 3 = 12 samples, micro-batch 16: not whole
     result = tune("validate", "--fix-hash", y)
     assert result.exit_code == 1 and "actor.ppo_micro_batch_size_per_gpu" in flat(result.output)
     assert read_script_header(sh)["yaml_sha256"] != yaml_hash(y)  # not accepted while a check fails
