@@ -209,6 +209,9 @@ def recipe_of_run(run_dir: Path):
     from tunecli.recipe.io import load_recipe
 
     configs = sorted(Path(run_dir).glob("checkpoints/step_*/config.yaml"), key=lambda p: int(p.parent.name[5:]))
+    beside = Path(run_dir).with_suffix(".yaml")  # compare_trl.py keeps RUN_DIR.yaml next to a stopped run
+    if not configs and beside.is_file():
+        configs = [beside]
     if not configs:
         raise FileNotFoundError(f"no checkpoints/step_*/config.yaml under {run_dir}: cannot tell its config")
     return load_recipe(configs[-1])
