@@ -197,3 +197,13 @@ def test_total_loss_combines_terms():
     # pg = -1 (ratio 1, A 1); kl k1 mean = 0.25; entropy mean = 3 -> -1 + 0.025 - 0.03 = -1.005
     assert close(loss, -1.005)
     assert close(m["kl"], 0.25) and close(m["entropy"], 3.0) and close(m["pg_loss"], -1.0)
+
+
+def test_pack_by_tokens_respects_the_budget_and_keeps_every_sample():
+    from tunecli.trainer.loop import pack_by_tokens
+
+    lengths = {0: 10, 1: 10, 2: 20, 3: 30, 4: 100}
+    batches = pack_by_tokens([0, 1, 2, 3, 4], lengths.__getitem__, budget=60)
+    # [0,1,2]: 3 x 20 = 60 fits; adding 3 would be 4 x 30 = 120; 4 alone exceeds the budget.
+    assert batches == [[0, 1, 2], [3], [4]]
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]

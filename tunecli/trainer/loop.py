@@ -360,7 +360,10 @@ class Trainer:
             ordered = sorted(indices, key=lambda i: (i // self.recipe.rollout.n, len(rollout.response_ids[i]), i))
         else:
             ordered = sorted(indices, key=lambda i: (len(rollout.prompt_ids[i]) + len(rollout.response_ids[i]), i))
-        return [ordered[s : s + size] for s in range(0, len(ordered), size)]
+        budget = self.recipe.actor.ppo_max_token_len_per_gpu
+        if budget is None:
+            return [ordered[s : s + size] for s in range(0, len(ordered), size)]
+        return pack_by_tokens(ordered, lambda i: len(rollout.prompt_ids[i]) + len(rollout.response_ids[i]), budget)
 
     def _response_mask(self, rollout: Rollout, indices: list[int], active: torch.Tensor) -> torch.Tensor:
         width = max((len(rollout.response_ids[i]) for i in indices), default=0)
@@ -583,6 +586,24 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------
+def pack_by_tokens(ordered: list[int], length, budget: int) -> list[list[int]]:
+    """verl's dynamic batch size: consecutive samples share a micro-batch while its padded size
+    (samples x longest) stays within ``budget`` tokens; a sample longer than the budget goes alone."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in ordered:
+        n = length(i)
+        if current and max(longest, n) * (len(current) + 1) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids [m, P] and attention mask [m, P]."""
     width = max(len(r) for r in rows)

@@ -45,8 +45,19 @@ if TYPE_CHECKING:
 # Must be set before vllm is imported: the engine core then runs in this process, so
 # collective_rpc calls a function on the live worker (no pickling of weights, no spawn).
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+# vLLM logs several INFO lines per weight sync (every step); keep the trainer's live line readable.
+# VLLM_LOGGING_LEVEL=INFO brings them back.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 log = logging.getLogger(__name__)
+
+
+class _DropRotaryReloadWarning(logging.Filter):
+    """Every sync, vLLM warns that RotaryEmbedding 'failed to load weights': it has none to load
+    (its cos/sin cache is computed), and the sync tests prove the output follows the new weights."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RotaryEmbedding: Failed to load weights" not in record.getMessage()
 
 _PEFT_PREFIX = "base_model.model."
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
@@ -222,6 +233,7 @@ class VLLMEngine:
 
         from vllm import LLM
 
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_DropRotaryReloadWarning())
         # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process; the
         # trainer shares this process and must keep control of its own thread count.
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
