@@ -237,3 +237,32 @@ def test_truncated_responses_get_truncated_score(embedded_dir):
         trainer = Trainer(recipe_from_dict({}, [f"reward.truncated_score={'null' if truncated_score is None else truncated_score}"]))
         trainer.tokenizer, trainer.reward_fn = tokenizer, resolve_reward("arithmetic")
         assert trainer._score(prompts, rollout).tolist() == expected
+
+
+def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_model_dir):
+    """actor.compute_dtype=bfloat16 autocasts the training passes: log-probs come back fp32, differ
+    from the fp32 pass (so autocast really ran) but only by bf16 rounding."""
+    import torch
+
+    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.trainer.loop import Trainer
+    from tunecli.trainer.rollout import Rollout
+
+    rollout = Rollout(prompt_ids=[[1, 5, 6, 7]] * 2, response_ids=[[4, 5], [7, 8, 9]], finished=[True, True])
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4},
+                                   "rollout": {"n": 2}, "actor": {"compute_dtype": dtype},
+                                   "trainer": {"default_local_dir": str(tmp_path / dtype)}})
+        trainer = Trainer(recipe, resume=False)
+        trainer.setup()
+        try:
+            with torch.no_grad():
+                logp, _, mask = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+            out[dtype] = (logp * mask, logp.dtype)
+        finally:
+            trainer.cleanup()
+    (fp32, fp32_dtype), (bf16, bf16_dtype) = out["float32"], out["bfloat16"]
+    assert fp32_dtype == bf16_dtype == torch.float32
+    assert not torch.equal(fp32, bf16)
+    assert torch.allclose(fp32, bf16, atol=0.1)

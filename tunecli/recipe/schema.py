@@ -122,6 +122,11 @@ class ActorConfig(Section):
     kl_loss_coef: float = Field(0.001, ge=0, description="Coefficient of the KL loss term.")
     kl_loss_type: KLType = Field("low_var_kl", description="KL estimator: k1, k2, k3/low_var_kl.")
     entropy_coeff: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Matmul dtype of the training passes (torch.autocast); bfloat16 is ~4x faster on CPUs with "
+        "AVX512-BF16/AMX and on GPUs, weights and optimizer state keep model.dtype.",
+    )
     grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
     param_offload: bool = Field(False, description="FSDP2: keep parameters on the CPU between uses (GPU).")
     optimizer_offload: bool = Field(False, description="FSDP2: keep optimizer state on the CPU (GPU).")

@@ -426,11 +426,13 @@ class Trainer:
 
     def _forward(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool = False):
         """Token log-probs (and entropy) of the responses of ``indices``: ([m, R], [m, R] | None, mask [m, R])."""
-        logits, targets, mask = (
-            self._logits_shared_prompts(model, rollout, indices)
-            if self.share_prompts
-            else self._logits_full(model, rollout, indices)
-        )  # [m, R, V], [m, R], [m, R]
+        with self._autocast():
+            logits, targets, mask = (
+                self._logits_shared_prompts(model, rollout, indices)
+                if self.share_prompts
+                else self._logits_full(model, rollout, indices)
+            )  # [m, R, V], [m, R], [m, R]
+        logits = logits.float()  # log-softmax in fp32: bf16 logits are fine, bf16 log-probs are not
         temperature = self.recipe.rollout.temperature
         if temperature > 0:
             logits = logits / temperature  # log-probs of the distribution that was sampled (verl does the same)
@@ -440,6 +442,11 @@ class Trainer:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
                 ent = grpo.entropy_from_logits(logits)  # [m, R]
         return logp, ent, mask
+
+    def _autocast(self):
+        """Matmuls in bf16 when actor.compute_dtype asks (weights and optimizer stay in their dtype)."""
+        enabled = self.recipe.actor.compute_dtype == "bfloat16"
+        return torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @property
     def share_prompts(self) -> bool:
