@@ -45,5 +45,23 @@ def _resume_hint(default: str) -> str:
     return os.environ.get("TUNECLI_RESUME_HINT") or default.replace(" --no-resume", "")
 
 
+def _exit(code: int) -> None:
+    """Leave a torchrun worker without interpreter teardown.
+
+    Everything is flushed and the process group is destroyed by then, but gloo's C++ threads can
+    still be unwound during teardown, which aborts the process (SIGABRT, "terminate called without
+    an active exception") and turns a finished run into a failed one.
+    """
+    import logging
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -19,12 +19,13 @@ def success(msg: str) -> None:
 
 
 def warning(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+    err.print(f"[yellow]warning:[/yellow] {escape(msg)}", overflow="ignore", crop=False)
 
 
 def error(msg: str) -> None:
-    # Messages quote user values ([a,b], paths): never read them as markup.
-    err.print(f"[red bold]error:[/red bold] {escape(msg)}", soft_wrap=False)
+    # Messages quote user values ([a,b], paths): never read them as markup, and never fold them
+    # (a path cut in two cannot be copied); the terminal wraps the long line.
+    err.print(f"[red bold]error:[/red bold] {escape(msg)}", overflow="ignore", crop=False)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:

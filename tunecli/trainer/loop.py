@@ -589,6 +589,9 @@ class Trainer:
             self.engine.close()
         if getattr(self, "memory", None):
             self.memory.stop()
+        # Drop what holds process-group state (FSDP2 meshes, DCP-loaded optimizer state) before the
+        # group goes, not during interpreter teardown.
+        self.policy = self.optimizer = self.scheduler = None
         distributed.shutdown()
 
 
@@ -656,6 +659,10 @@ def run_training(recipe: Recipe, *, resume: bool | None = None, resume_hint: str
     trainer = Trainer(recipe, resume=resume, resume_hint=resume_hint)
     try:
         trainer.setup()
-        return trainer.train()
+        code = trainer.train()
+        # Ranks leave together: a rank that tears its process group down while another still talks
+        # to it (rank 0 writes the summary) is how gloo aborts at exit.
+        distributed.barrier()
+        return code
     finally:
         trainer.cleanup()

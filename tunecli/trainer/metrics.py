@@ -47,6 +47,8 @@ class PeakMemory:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 def live_line(step: int, total: int, m: dict[str, float]) -> str:
