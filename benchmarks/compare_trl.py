@@ -60,6 +60,7 @@ class BenchConfig:
     difficulty: int = 1
     seed: int = 0
     threads: int = 0  # 0: all usable cores
+    precision: str = "fp32"  # fp32, or bf16: fp32 weights, bf16 autocast in training on both sides
 
     @property
     def total_steps(self) -> int:
@@ -126,7 +127,7 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
     args = GRPOConfig(
         output_dir=out_dir,
         use_cpu=True,
-        bf16=False,
+        bf16=cfg.precision == "bf16",  # autocast to bf16 (accelerate's mixed precision); weights stay fp32
         fp16=False,
         report_to=[],
         save_strategy="no",
@@ -193,6 +194,7 @@ def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path) -> dict:
         "model.target_modules=all-linear",
         "model.enable_gradient_checkpointing=false",
         "model.dtype=float32",
+        f"actor.compute_dtype={'bfloat16' if cfg.precision == 'bf16' else 'float32'}",
         "data.dataset=arithmetic",
         f"data.difficulty={cfg.difficulty}",
         f"data.train_size={cfg.prompts * cfg.total_steps}",
@@ -362,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma list from {CONTENDERS}")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all cores)")
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="training matmuls in fp32, or in bf16 autocast on both sides (TRL bf16=True, tunecli actor.compute_dtype)",
+    )
+    parser.add_argument(
         "--parallel",
         action="store_true",
         help="run a round's contenders at the same time (a busy shared machine: all see the same load)",
@@ -387,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         warmup=args.warmup,
         threads=args.threads,
+        precision=args.precision,
     )
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(CONTENDERS)
@@ -397,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_summary()}")
     print(
         f"config: {cfg.prompts} prompts x {cfg.samples} samples, {cfg.max_new_tokens} new tokens, "
-        f"LoRA r{cfg.lora_rank} all-linear, {cfg.steps} timed steps after {cfg.warmup} warm-up, "
+        f"LoRA r{cfg.lora_rank} all-linear, {cfg.precision} training, {cfg.steps} timed steps after {cfg.warmup} warm-up, "
         f"{cfg.n_threads} threads, {'in parallel' if args.parallel else 'one after the other'}; work dir {work}"
     )
 

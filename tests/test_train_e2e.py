@@ -137,16 +137,19 @@ def test_resume_refuses_changed_math_and_no_resume_starts_over(tmp_path, tiny_mo
     assert (run_dir / "checkpoints-previous").is_dir() and (run_dir / "checkpoints" / "step_1").is_dir()
 
 
-def test_shared_prompt_pass_equals_full_pass(tmp_path, tiny_model_dir):
-    """The trainer runs each group's prompt once and its n responses on the shared KV cache: same
-    log-probs and gradients as one plain pass per sample."""
+@pytest.mark.parametrize("pass_cost", [0, 1000])
+def test_shared_prompt_pass_equals_full_pass(tmp_path, tiny_model_dir, monkeypatch, pass_cost):
+    """The trainer runs each group's prompt once and its n responses on the shared KV cache, in
+    length buckets (pass_cost 0: one bucket per length; 1000: one bucket): same log-probs, entropies
+    and gradients as one plain pass per sample."""
     import torch
 
     from tunecli.recipe.io import recipe_from_dict
-    from tunecli.trainer import grpo
+    from tunecli.trainer import batching
     from tunecli.trainer.loop import Trainer
     from tunecli.trainer.rollout import Rollout
 
+    monkeypatch.setattr(batching, "PASS_COST_TOKENS", pass_cost)
     recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4}, "rollout": {"n": 3},
                                "trainer": {"default_local_dir": str(tmp_path / "run")}})
     trainer = Trainer(recipe, resume=False)
@@ -159,13 +162,19 @@ def test_shared_prompt_pass_equals_full_pass(tmp_path, tiny_model_dir):
         rollout = Rollout(prompt_ids=[p for p in prompts for _ in range(3)],
                           response_ids=[[4], [4, 5, 6], [7, 8], [9, 9, 9, 2], [3], [5, 6]], finished=[True] * 6)
         params = trainer.policy.trainable_parameters()
+        indices = [5, 0, 3, 1, 4, 2]  # any order: the results follow it
+        expected_mask = torch.tensor([[len(rollout.response_ids[i]) > t for t in range(4)] for i in indices]).float()
         results = []
-        for fn in (trainer._logits_full, trainer._logits_shared_prompts):
-            logits, targets, mask = fn(trainer.policy.model, rollout, list(range(6)))
-            logp = grpo.token_logprobs(logits, targets) * mask  # [6, 4]
-            results.append((logp, torch.autograd.grad(logp.sum(), params)))
-        (full, g_full), (shared, g_shared) = results
-        assert torch.allclose(full, shared, atol=1e-5)
+        for shared in (False, True):
+            monkeypatch.setattr(Trainer, "share_prompts", property(lambda self, s=shared: s))
+            chunks = trainer._logit_chunks(trainer.policy.model, rollout, indices)
+            # One bucket per distinct length with pass_cost 0: responses 2, 1, 4, 3, 1, 2; with prompts 8, 5, 10, 7, 7, 6.
+            assert len(chunks) == (1 if pass_cost else 4 if shared else 5)
+            logp, ent, mask = trainer._forward(trainer.policy.model, rollout, indices, entropy=True, entropy_grad=True)
+            assert torch.equal(mask, expected_mask)
+            results.append((logp * mask, ent * mask, torch.autograd.grad((logp * mask).sum(), params)))
+        (full, ent_full, g_full), (shared, ent_shared, g_shared) = results
+        assert torch.allclose(full, shared, atol=1e-5) and torch.allclose(ent_full, ent_shared, atol=1e-5)
         for a, b in zip(g_full, g_shared):
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     finally:
@@ -189,6 +198,48 @@ def test_hf_engine_shared_prefill_matches_plain_generation(tiny_model_dir):
     assert all(len(r) <= 5 for r in shared.response_ids)
     sampled = [engine.generate(prompts, SamplingSettings(n=2, temperature=1.0, max_new_tokens=5, seed=3)) for _ in range(2)]
     assert sampled[0].response_ids == sampled[1].response_ids  # the seed pins the draw
+
+
+def test_hf_engine_generates_with_the_lora_adapter_merged_and_restores_the_base(tiny_model_dir):
+    """Generation folds the adapter into the base weights (one matmul per layer) and takes it out
+    after: same tokens as the unmerged adapter, base weights back to within fp32 rounding."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunecli.trainer.rollout import SamplingSettings
+    from tunecli.trainer.rollout import hf
+    from tunecli.trainer.rollout.hf import HFEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)  # a real adapter: it must change what is generated
+    base = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k}
+    engine = HFEngine(model, tokenizer)
+    prompts, greedy = [[1, 5, 6, 7, 8], [9, 10]], SamplingSettings(n=2, temperature=0.0, max_new_tokens=6)
+
+    merged_calls = []
+    real_merge = model.merge_adapter
+    model.merge_adapter = lambda *a, **k: (merged_calls.append(1), real_merge(*a, **k))
+    merged = engine.generate(prompts, greedy)
+    assert merged_calls, "the adapter was not merged for generation"
+    for k, v in model.state_dict().items():
+        if "lora" not in k:
+            assert torch.allclose(v, base[k], atol=1e-6), k
+    with model.disable_adapter():
+        without = engine.generate(prompts, greedy)
+    original = hf.lora_merged
+    try:
+        hf.lora_merged = lambda m: __import__("contextlib").nullcontext()
+        unmerged = engine.generate(prompts, greedy)
+    finally:
+        hf.lora_merged = original
+    assert merged.response_ids == unmerged.response_ids
+    assert merged.response_ids != without.response_ids
 
 
 def test_tune_train_user_errors_are_one_paragraph(tmp_path, tiny_model_dir):

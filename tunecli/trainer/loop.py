@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,22 @@ from tunecli.errors import TuneError
 from tunecli.recipe.io import dump_recipe
 from tunecli.recipe.schema import Recipe
 from tunecli.trainer import checkpoint, distributed, grpo
+from tunecli.trainer.batching import collate, length_buckets, left_pad, pack_by_tokens, pad_rows, right_pad
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, now
 from tunecli.trainer.rewards import resolve_reward
 from tunecli.trainer.rollout import Rollout, SamplingSettings, make_engine
 
 EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class LogitChunk:
+    """Logits of some rows of a micro-batch, from one forward pass."""
+
+    rows: list[int]  # positions in the micro-batch
+    logits: torch.Tensor  # [b, R_b, V]  position t predicts response token t
+    targets: torch.Tensor  # [b, R_b]  the response tokens (padding past each end)
 
 
 class Trainer:
@@ -408,8 +419,8 @@ class Trainer:
         with_entropy_grad = actor.entropy_coeff > 0
         logp, entropy, mask = self._forward(self.policy.model, rollout, micro, entropy=True, entropy_grad=with_entropy_grad)
         mask = mask * active[micro].unsqueeze(-1).to(mask.dtype)  # [m, R]  filtered groups count nothing
-        old = logp.detach() if old_logp is None else _pad_rows([old_logp[i] for i in micro], logp)  # [m, R]
-        ref = None if ref_logp is None else _pad_rows([ref_logp[i] for i in micro], logp)  # [m, R]
+        old = logp.detach() if old_logp is None else pad_rows([old_logp[i] for i in micro], logp)  # [m, R]
+        ref = None if ref_logp is None else pad_rows([ref_logp[i] for i in micro], logp)  # [m, R]
         loss, stats = grpo.grpo_loss(
             logp, old, advantages[micro], mask,
             clip_low=actor.clip_ratio_low, clip_high=actor.clip_ratio_high, clip_ratio_c=actor.clip_ratio_c,
@@ -426,22 +437,29 @@ class Trainer:
 
     def _forward(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool = False):
         """Token log-probs (and entropy) of the responses of ``indices``: ([m, R], [m, R] | None, mask [m, R])."""
-        with self._autocast():
-            logits, targets, mask = (
-                self._logits_shared_prompts(model, rollout, indices)
-                if self.share_prompts
-                else self._logits_full(model, rollout, indices)
-            )  # [m, R, V], [m, R], [m, R]
-        logits = logits.float()  # log-softmax in fp32: bf16 logits are fine, bf16 log-probs are not
         temperature = self.recipe.rollout.temperature
-        if temperature > 0:
-            logits = logits / temperature  # log-probs of the distribution that was sampled (verl does the same)
-        logp = grpo.token_logprobs(logits, targets)  # [m, R]
-        ent = None
-        if entropy:
-            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                ent = grpo.entropy_from_logits(logits)  # [m, R]
+        logps, ents, rows = [], [], []
+        for chunk in self._logit_chunks(model, rollout, indices):
+            logits = chunk.logits.float()  # [b, R_b, V]  log-softmax in fp32: bf16 logits are fine, bf16 log-probs are not
+            if temperature > 0:
+                logits = logits / temperature  # log-probs of the distribution that was sampled (verl does the same)
+            logps.append(grpo.token_logprobs(logits, chunk.targets))  # [b, R_b]
+            if entropy:
+                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                    ents.append(grpo.entropy_from_logits(logits))  # [b, R_b]
+            rows += chunk.rows
+        _, mask = right_pad([rollout.response_ids[i] for i in indices], self.pad_id)  # [m, R]
+        mask = mask.to(self.dist.device)
+        order = torch.tensor(rows).argsort().to(self.dist.device)  # chunk order -> the order of ``indices``
+        logp = _stack_padded(logps, mask.shape[1]).index_select(0, order)  # [m, R]
+        ent = _stack_padded(ents, mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
         return logp, ent, mask
+
+    def _logit_chunks(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
+        with self._autocast():
+            if self.share_prompts:
+                return self._logits_shared_prompts(model, rollout, indices)
+            return self._logits_full(model, rollout, indices)
 
     def _autocast(self):
         """Matmuls in bf16 when actor.compute_dtype asks (weights and optimizer stay in their dtype)."""
@@ -453,28 +471,35 @@ class Trainer:
         # Gradient checkpointing turns the KV cache off in training passes, so it needs the plain path.
         return not self.recipe.model.enable_gradient_checkpointing
 
-    def _logits_full(self, model, rollout: Rollout, indices: list[int]):
-        """One pass over [prompt | response] rows: the straightforward way."""
-        input_ids, attention_mask, position_ids, mask = collate(
-            [rollout.prompt_ids[i] for i in indices], [rollout.response_ids[i] for i in indices], self.pad_id
-        )
-        device, width = self.dist.device, mask.shape[1]
-        out = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=position_ids.to(device),
-            logits_to_keep=width + 1,  # only the response positions go through the LM head
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1, :].float()  # [m, R, V]  position t predicts response token t
-        return logits, input_ids[:, -width:].to(device), mask.to(device)
+    def _logits_full(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
+        """One pass per length bucket over [prompt | response] rows: the straightforward way."""
+        device = self.dist.device
+        totals = [len(rollout.prompt_ids[i]) + len(rollout.response_ids[i]) for i in indices]
+        chunks = []
+        for bucket in length_buckets(totals):
+            sel = [indices[k] for k in bucket]
+            input_ids, attention_mask, position_ids, mask = collate(
+                [rollout.prompt_ids[i] for i in sel], [rollout.response_ids[i] for i in sel], self.pad_id
+            )  # [b, P+R], [b, P+R], [b, P+R], [b, R]
+            width = mask.shape[1]
+            out = model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                position_ids=position_ids.to(device),
+                logits_to_keep=width + 1,  # only the response positions go through the LM head
+                use_cache=False,
+            )
+            logits = out.logits[:, :-1, :]  # [b, R, V]  position t predicts response token t
+            chunks.append(LogitChunk(bucket, logits, input_ids[:, -width:].to(device)))
+        return chunks
 
-    def _logits_shared_prompts(self, model, rollout: Rollout, indices: list[int]):
-        """The n samples of a group share their prompt: run each prompt once, then all responses on its KV cache.
+    def _logits_shared_prompts(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
+        """The n samples of a group share their prompt: run each prompt once, then the responses on its KV cache.
 
         Prompts are most of the tokens in short-answer tasks (~46 of ~58 for the quickstart), so this
         does a fraction of the work of ``_logits_full``; gradients flow into the shared prompt pass
-        through the cache (index_select and cat are differentiable). Same values up to float rounding.
+        through the cache (index_select is differentiable). The responses run in length buckets, so
+        a short answer is not padded to the longest one. Same values up to float rounding.
         """
         device = self.dist.device
         n = self.recipe.rollout.n
@@ -482,41 +507,48 @@ class Trainer:
         groups = sorted(set(group_of))
         row = {g: r for r, g in enumerate(groups)}
         prompt_ids, prompt_mask = left_pad([rollout.prompt_ids[g] for g in groups], self.pad_id)  # [G, P]
+        prompt_mask = prompt_mask.to(device)
         prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [G, P]
         out = model(
             input_ids=prompt_ids.to(device),
-            attention_mask=prompt_mask.to(device),
-            position_ids=prompt_pos.to(device),
+            attention_mask=prompt_mask,
+            position_ids=prompt_pos,
             use_cache=True,
             logits_to_keep=1,  # the prompt's last position predicts the first response token
         )
-        select = torch.tensor([row[g] for g in group_of], device=device)  # [m]
-        cache = out.past_key_values
-        cache.reorder_cache(select)  # [G, ...] -> [m, ...]
-        first = out.logits[:, -1:, :].float().index_select(0, select)  # [m, 1, V]
+        first_logits = out.logits[:, -1:, :]  # [G, 1, V]
+        plain = _plain_kv_cache(out.past_key_values)
+        prompt_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers] if plain else None  # [G, heads, P, d]
+        lengths = [len(rollout.response_ids[i]) for i in indices]
+        buckets = length_buckets(lengths) if plain else [list(range(len(indices)))]
+        chunks = []
+        for bucket in buckets:
+            select = torch.tensor([row[group_of[k]] for k in bucket], device=device)  # [b]
+            resp_ids, mask = right_pad([rollout.response_ids[indices[k]] for k in bucket], self.pad_id)  # [b, R]
+            resp_ids, mask = resp_ids.to(device), mask.to(device)
+            first = first_logits.index_select(0, select)  # [b, 1, V]
+            if resp_ids.shape[1] == 1:
+                chunks.append(LogitChunk(bucket, first, resp_ids))
+                continue
+            # Response tokens 0..R-2 predict tokens 1..R-1, attending to the cached prompt.
+            if plain:  # each bucket its own copy of its groups' prompt cache
+                from transformers import DynamicCache
 
-        responses = [rollout.response_ids[i] for i in indices]
-        R = max(len(r) for r in responses)
-        resp_ids = torch.full((len(indices), R), self.pad_id, dtype=torch.long)  # [m, R]
-        mask = torch.zeros((len(indices), R))  # [m, R]
-        for k, r in enumerate(responses):
-            resp_ids[k, : len(r)] = torch.tensor(r)
-            mask[k, : len(r)] = 1.0
-        resp_ids, mask = resp_ids.to(device), mask.to(device)
-        if R == 1:
-            return first, resp_ids, mask
-        # Response tokens 0..R-2 predict tokens 1..R-1, attending to the cached prompt.
-        attention = torch.cat([prompt_mask.to(device).index_select(0, select), mask[:, :-1].long()], dim=1)  # [m, P+R-1]
-        lengths = prompt_mask.sum(-1).to(device).index_select(0, select)  # [m]
-        positions = lengths.unsqueeze(1) + torch.arange(R - 1, device=device)  # [m, R-1]
-        rest = model(
-            input_ids=resp_ids[:, :-1],
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits.float()  # [m, R-1, V]
-        return torch.cat([first, rest], dim=1), resp_ids, mask  # [m, R, V]
+                cache = DynamicCache(ddp_cache_data=[(k.index_select(0, select), v.index_select(0, select)) for k, v in prompt_kv])
+            else:  # one bucket: the cache itself, expanded to the rows
+                cache = out.past_key_values
+                cache.reorder_cache(select)
+            attention = torch.cat([prompt_mask.index_select(0, select), mask[:, :-1].long()], dim=1)  # [b, P+R-1]
+            positions = prompt_mask.sum(-1).index_select(0, select).unsqueeze(1) + torch.arange(resp_ids.shape[1] - 1, device=device)  # [b, R-1]
+            rest = model(
+                input_ids=resp_ids[:, :-1],
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits  # [b, R-1, V]
+            chunks.append(LogitChunk(bucket, torch.cat([first, rest], dim=1), resp_ids))  # [b, R, V]
+        return chunks
 
     # =========================================================================================
     # validate, checkpoint, summary
@@ -595,64 +627,6 @@ class Trainer:
         distributed.shutdown()
 
 
-# ---------------------------------------------------------------------------------------------
-def pack_by_tokens(ordered: list[int], length, budget: int) -> list[list[int]]:
-    """verl's dynamic batch size: consecutive samples share a micro-batch while its padded size
-    (samples x longest) stays within ``budget`` tokens; a sample longer than the budget goes alone."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in ordered:
-        n = length(i)
-        if current and max(longest, n) * (len(current) + 1) > budget:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, n)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids [m, P] and attention mask [m, P]."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [m, P]
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [m, P]
-    for k, r in enumerate(rows):
-        ids[k, width - len(r) :] = torch.tensor(r)
-        mask[k, width - len(r) :] = 1
-    return ids, mask
-
-
-def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
-    """[left-padded prompt | right-padded response] rows.
-
-    Returns input_ids [m, P+R], attention_mask [m, P+R], position_ids [m, P+R], response mask [m, R].
-    """
-    P = max(len(p) for p in prompts)
-    R = max(len(r) for r in responses)
-    m = len(prompts)
-    input_ids = torch.full((m, P + R), pad_id, dtype=torch.long)  # [m, P+R]
-    attention_mask = torch.zeros((m, P + R), dtype=torch.long)  # [m, P+R]
-    mask = torch.zeros((m, R), dtype=torch.float32)  # [m, R]
-    for row, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[row, P - len(p) : P] = torch.tensor(p)
-        input_ids[row, P : P + len(r)] = torch.tensor(r)
-        attention_mask[row, P - len(p) : P + len(r)] = 1
-        mask[row, : len(r)] = 1.0
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [m, P+R]  positions as during generation
-    return input_ids, attention_mask, position_ids, mask
-
-
-def _pad_rows(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Per-sample 1-D tensors -> [m, R] shaped, typed and placed like ``like`` (zeros past each end)."""
-    out = torch.zeros_like(like)  # [m, R]
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r.to(out.device, out.dtype)
-    return out
-
-
 def run_training(recipe: Recipe, *, resume: bool | None = None, resume_hint: str | None = None) -> int:
     """setup -> train -> cleanup; returns the process exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -666,3 +640,15 @@ def run_training(recipe: Recipe, *, resume: bool | None = None, resume_hint: str
         return code
     finally:
         trainer.cleanup()
+
+
+def _stack_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """[b_k, R_k] parts -> [sum b_k, width], zeros past each part's width."""
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts], dim=0)
+
+
+def _plain_kv_cache(cache) -> bool:
+    """Only full-attention layers can be copied per bucket (sliding-window or recurrent ones cannot)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
