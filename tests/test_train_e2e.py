@@ -242,6 +242,38 @@ def test_hf_engine_generates_with_the_lora_adapter_merged_and_restores_the_base(
     assert merged.response_ids != without.response_ids
 
 
+def test_hf_engine_in_bf16_samples_from_a_synced_copy(tiny_model_dir):
+    """rollout.dtype bf16 under an fp32 policy: the engine generates on its own bf16 copy, which holds
+    W + scale * B @ A after each sync and never touches the policy."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunecli.trainer.rollout import SamplingSettings
+    from tunecli.trainer.rollout.hf import HFEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    engine = HFEngine(policy, tokenizer, dtype=torch.bfloat16, model_path=str(tiny_model_dir))
+    assert engine.model is not policy and next(engine.model.parameters()).dtype == torch.bfloat16
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=6)
+    before = engine.generate([[1, 5, 6, 7]], greedy).response_ids
+
+    torch.manual_seed(0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    q = policy.base_model.model.model.layers[0].self_attn.q_proj
+    merged = q.base_layer.weight + q.scaling["default"] * q.lora_B["default"].weight @ q.lora_A["default"].weight
+    copy_q = engine.model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(copy_q, merged.bfloat16())  # not synced yet
+    engine.sync_weights(policy)
+    assert torch.equal(copy_q, merged.detach().bfloat16())
+    assert engine.generate([[1, 5, 6, 7]], greedy).response_ids != before  # it samples from the new weights
+    assert next(policy.parameters()).dtype == torch.float32
+
+
 def test_tune_train_user_errors_are_one_paragraph(tmp_path, tiny_model_dir):
     from typer.testing import CliRunner
 
@@ -317,3 +349,26 @@ def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_
     assert fp32_dtype == bf16_dtype == torch.float32
     assert not torch.equal(fp32, bf16)
     assert torch.allclose(fp32, bf16, atol=0.1)
+
+
+def test_inverse_cdf_sampler_draws_from_the_processed_distribution():
+    """The hf engine's sampler: frequencies follow softmax(scores), masked tokens never come up,
+    and exactly one token per row stays finite (what greedy decoding then picks)."""
+    import torch
+
+    from tunecli.trainer.rollout import SamplingSettings
+    from tunecli.trainer.rollout.hf import InverseCdfSampler, sampling_processors
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
+    scores = probs.log().expand(20000, 5).clone()  # [N, V]; token 1 has probability 0 (-inf)
+    out = InverseCdfSampler()(None, scores)
+    assert torch.equal(torch.isfinite(out).sum(-1), torch.ones(20000, dtype=torch.long))
+    freq = torch.bincount(out.argmax(-1), minlength=5).float() / 20000
+    assert freq[1] == 0 and torch.allclose(freq, probs, atol=0.015)
+
+    # temperature 0.5 then top-k 2: p ~ [0.5^2, 0.3^2] renormalised; tokens 3 and 4 never.
+    processors = sampling_processors(SamplingSettings(n=1, temperature=0.5, top_k=2, max_new_tokens=1))
+    picked = processors(torch.zeros(20000, 1, dtype=torch.long), scores.clone()).argmax(-1)
+    freq = torch.bincount(picked, minlength=5).float() / 20000
+    assert freq[3] == freq[4] == 0 and abs(freq[0] - 0.25 / 0.34) < 0.015

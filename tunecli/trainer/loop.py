@@ -153,6 +153,7 @@ class Trainer:
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.engine.sync_weights(self.policy.model)  # the engine started from model.path, not from the checkpoint
         self._print(f"Resumed from {latest} (step {self.step}/{self.total_steps}).")
 
     def _install_signal_handlers(self) -> None:

@@ -8,12 +8,19 @@ __all__ = ["Rollout", "RolloutEngine", "SamplingSettings", "make_engine"]
 
 
 def make_engine(recipe, policy, tokenizer, model_path: str) -> RolloutEngine:
-    """``hf`` generates with the live policy; ``vllm`` (imported lazily: heavy) runs a colocated engine."""
+    """``hf`` generates with transformers (on the live policy, or a copy in rollout.dtype); ``vllm``
+    (imported lazily: heavy) runs a colocated engine."""
     name = recipe.rollout.name
     if name == "hf":
         from tunecli.trainer.rollout.hf import HFEngine
 
-        return HFEngine(policy, tokenizer, max_num_seqs=recipe.rollout.max_num_seqs)
+        from tunecli.trainer.policy import DTYPES
+
+        dtype = None if recipe.rollout.dtype == "auto" else DTYPES[recipe.rollout.dtype]
+        return HFEngine(
+            policy, tokenizer, max_num_seqs=recipe.rollout.max_num_seqs, dtype=dtype,
+            model_path=model_path, trust_remote_code=recipe.model.trust_remote_code,
+        )
     if name == "vllm":
         from tunecli.trainer.rollout.vllm import VLLMEngine
 

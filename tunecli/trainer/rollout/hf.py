@@ -1,7 +1,12 @@
-"""The `hf` rollout engine: batched ``generate`` with KV cache on the live policy.
+"""The `hf` rollout engine: batched ``generate`` with KV cache.
 
-It samples from the training model itself, so ``sync_weights`` has nothing to copy and
-``sleep``/``wake_up`` have nothing to free. Prompts are left-padded (generation appends on the right).
+In the policy's own dtype (``rollout.dtype`` auto, or equal to ``model.dtype``) it samples from the
+training model itself, with a LoRA adapter folded in for the duration, and ``sync_weights`` has
+nothing to copy. In another dtype (bf16, the default, under an fp32 policy) it samples from its own
+copy of the model in that dtype, loaded from ``model.path`` and synced from the policy after every
+update, as the vLLM engine is: a decode step of a small model is a chain of matmuls of a few rows,
+and those run 3-4x faster in bf16 than in fp32 on CPUs with AVX512-BF16 (measured 66 vs 228 us for
+[16, 576] @ [576, 1536] on the 2-core test machine). Prompts are left-padded.
 """
 
 from __future__ import annotations
@@ -13,6 +18,38 @@ import torch
 
 from tunecli.trainer import distributed
 from tunecli.trainer.rollout.base import Rollout, SamplingSettings
+from tunecli.trainer.rollout.weights import full_state_items, is_peft, merged_state_items
+
+
+class InverseCdfSampler:
+    """A logits processor that draws the next token and returns scores where only it is finite.
+
+    transformers samples with ``torch.multinomial``, whose CPU path draws an exponential variate
+    per vocabulary entry: 11.8 ms per decode step for 16 x 49152 on the 2-core test machine, a
+    quarter of the step. Inverse-CDF sampling (one uniform per row, a cumulative sum, a binary
+    search) takes 0.3 ms and draws from the same distribution; the cumulative sum is in float64 so
+    that rounding cannot shift mass between neighbouring tokens.
+    """
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cdf = torch.softmax(scores.double(), dim=-1).cumsum(-1)  # [B, V]
+        u = torch.rand(scores.shape[0], 1, dtype=torch.float64, device=scores.device) * cdf[:, -1:]  # [B, 1]
+        # right=True: the first index whose cumulative mass exceeds u, never a zero-probability one.
+        tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[-1] - 1)  # [B, 1]
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
+
+
+def sampling_processors(sampling: SamplingSettings):
+    """temperature -> top-k -> top-p -> draw, in transformers' order for its own sampling."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    processors = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+    if sampling.top_k > 0:
+        processors.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        processors.append(TopPLogitsWarper(sampling.top_p))
+    processors.append(InverseCdfSampler())
+    return processors
 
 
 @contextlib.contextmanager
@@ -45,13 +82,31 @@ def lora_merged(model: torch.nn.Module) -> Iterator[None]:
 
 
 class HFEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, *, max_num_seqs: int = 256):
-        self.model = model
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        max_num_seqs: int = 256,
+        dtype: torch.dtype | None = None,
+        model_path: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        """``dtype`` None or the policy's: generate on ``model``. Another dtype: on a copy loaded from ``model_path``."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.max_num_seqs = max_num_seqs
+        self.model = model
+        self.copy: torch.nn.Module | None = None
+        policy_dtype = next(model.parameters()).dtype
+        if dtype is not None and dtype != policy_dtype:
+            if model_path is None:
+                raise ValueError("the hf engine needs model_path to hold a copy in another dtype")
+            self.copy = _load_copy(model_path, dtype, next(model.parameters()).device, trust_remote_code)
+            self.model = self.copy
+            self.sync_weights(model)  # the policy may already differ from the files (resume, LoRA init)
 
     @property
     def device(self) -> torch.device:
@@ -105,12 +160,12 @@ class HFEngine:
             extra["past_key_values"] = cache
         input_ids = input_ids.repeat_interleave(n, dim=0)  # [B*n, P]
         attention_mask = attention_mask.repeat_interleave(n, dim=0)  # [B*n, P]
-        greedy = sampling.temperature == 0
-        kwargs = dict(do_sample=not greedy, max_new_tokens=sampling.max_new_tokens, use_cache=True)
-        if not greedy:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k if sampling.top_k > 0 else None)
-        else:  # silence the generation_config's sampling defaults
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        # Greedy decoding picks the argmax of the processed scores; when sampling, the last processor
+        # has drawn the token already (see InverseCdfSampler) and leaves only it finite. The
+        # generation_config's own sampling defaults are silenced: these processors are the whole story.
+        kwargs = dict(do_sample=False, max_new_tokens=sampling.max_new_tokens, use_cache=True, temperature=None, top_p=None, top_k=None)
+        if sampling.temperature > 0:
+            kwargs["logits_processor"] = sampling_processors(sampling)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -129,8 +184,21 @@ class HFEngine:
             responses.append(row)
         return responses
 
+    @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Nothing to copy: generation runs on the live policy."""
+        """Copy the policy into the engine's copy (every rank calls it: FSDP2 gathers); none: nothing to do."""
+        if self.copy is None:
+            return
+        targets = self.copy.state_dict()
+        written = set()
+        for name, tensor in merged_state_items(model) if is_peft(model) else full_state_items(model):
+            target = targets.get(name)
+            if target is not None:
+                target.copy_(tensor)  # casts to the engine's dtype
+                written.add(target.data_ptr())
+        missing = [n for n, p in self.copy.named_parameters() if p.data_ptr() not in written]
+        if missing:
+            raise RuntimeError(f"hf engine weight sync: no policy tensor for {missing[:5]} (of {len(missing)})")
 
     def sleep(self) -> None:
         pass
@@ -139,4 +207,14 @@ class HFEngine:
         pass
 
     def close(self) -> None:
-        self.model = None
+        self.model = self.copy = None
+
+
+def _load_copy(model_path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    # Eager attention on the CPU: a decode step's attention is one query row, and torch's bf16 SDPA
+    # kernel took 372 us per call there against eager's fraction of it (45 vs 58 ms per decode step).
+    attn = "eager" if device.type == "cpu" else None
+    copy = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn)
+    return copy.to(device).eval().requires_grad_(False)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tunecli.trainer.rollout.base import Rollout, SamplingSettings
+from tunecli.trainer.rollout.weights import adapter_state, full_state_items, is_peft, merged_state_items
 
 if TYPE_CHECKING:
     from tunecli.recipe.schema import Recipe
@@ -59,84 +60,7 @@ class _DropRotaryReloadWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "RotaryEmbedding: Failed to load weights" not in record.getMessage()
 
-_PEFT_PREFIX = "base_model.model."
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP2 shard (a collective: every rank must call it), else itself."""
-    full_tensor = getattr(t, "full_tensor", None)  # torch.distributed.tensor.DTensor
-    return full_tensor() if full_tensor is not None else t
-
-
-def _clean_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "base_model")
-
-
-def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Modules carrying the active LoRA adapter, by their (cleaned) peft name."""
-    adapter = model.active_adapter
-    layers = {}
-    for name, module in model.named_modules():
-        lora_a = getattr(module, "lora_A", None)
-        if isinstance(lora_a, torch.nn.ModuleDict) and adapter in lora_a:
-            if getattr(module, "use_dora", {}).get(adapter, False):
-                raise NotImplementedError("rollout.lora_sync=merge does not support DoRA adapters")
-            layers[_clean_name(name)] = module
-    return layers
-
-
-def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(vLLM-style name, full tensor) of a transformers model, streamed: one gathered tensor at a time."""
-    for name, tensor in model.state_dict().items():
-        yield _clean_name(name), _full(tensor).detach()
-
-
-def merged_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Base-model weights of a peft model with its adapter merged in, computed on copies.
-
-    Mirrors TRL's PEFT sync: drop ``base_model.model.``, drop ``.base_layer``, skip ``lora_`` keys and
-    the frozen ``original_module`` copies of ``modules_to_save``. Merging on copies (instead of peft's
-    in-place ``merge_adapter``) leaves the trained, possibly sharded, parameters untouched.
-    """
-    adapter = model.active_adapter
-    layers = _lora_layers(model)
-    for raw_name, tensor in model.state_dict().items():
-        name = _clean_name(raw_name)
-        if ".lora_" in name or ".original_module." in name:
-            if ".lora_" in name:
-                _full(tensor)  # FSDP2: every rank joins every gather, in state-dict order
-            continue
-        tensor = _full(tensor).detach()
-        if name.endswith(".base_layer.weight"):
-            module = layers.get(name.removesuffix(".base_layer.weight"))
-            if module is not None:
-                a = _full(module.lora_A[adapter].weight).detach().float()  # [r, in]
-                b = _full(module.lora_B[adapter].weight).detach().float()  # [out, r]
-                delta = (b @ a) * module.scaling[adapter]  # [out, in]
-                if getattr(module, "fan_in_fan_out", False):
-                    delta = delta.T
-                tensor = (tensor.float() + delta).to(tensor.dtype)
-        name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")
-        name = name.replace(f".modules_to_save.{adapter}", "")
-        yield name, tensor
-
-
-def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The active adapter's tensors, named as peft saves them (what vLLM's LoRA loader reads)."""
-    adapter = model.active_adapter
-    state = {}
-    for name, module in _lora_layers(model).items():
-        state[f"{name}.lora_A.weight"] = _full(module.lora_A[adapter].weight).detach().contiguous().cpu()
-        state[f"{name}.lora_B.weight"] = _full(module.lora_B[adapter].weight).detach().contiguous().cpu()
-    return state
 
 
 def _kv_cache_bytes_for_cpu(model_path: str, recipe: Recipe, dtype: str) -> int:
@@ -294,10 +218,10 @@ class VLLMEngine:
             self.llm.wake_up(tags=["weights"])
             self._weights_awake = True
         with torch.no_grad():
-            if _is_peft(policy) and self.lora_adapter:
+            if is_peft(policy) and self.lora_adapter:
                 self._push_adapter(policy)
             else:
-                items = merged_state_items(policy) if _is_peft(policy) else full_state_items(policy)
+                items = merged_state_items(policy) if is_peft(policy) else full_state_items(policy)
                 dtype = self.llm.model_config.dtype  # cast here: vLLM warns per tensor otherwise
                 self._push_weights((n, t.to(dtype) if t.is_floating_point() else t) for n, t in items)
         self._weights_discarded = False

@@ -1,0 +1,91 @@
+"""The policy's weights as a stream of (name, full tensor) in the base model's names: what a rollout
+engine with its own copy of the model loads after every update (vLLM, or the hf engine in bf16).
+
+A LoRA policy streams its base weights with ``W + scale * B @ A`` computed on copies, so the trained
+(possibly FSDP2-sharded) parameters are never touched; an FSDP2 shard is gathered one tensor at a
+time (``full_tensor()``, a collective: every rank must consume the stream in the same order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+_PEFT_PREFIX = "base_model.model."
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a collective: every rank must call it), else itself."""
+    full_tensor = getattr(t, "full_tensor", None)  # torch.distributed.tensor.DTensor
+    return full_tensor() if full_tensor is not None else t
+
+
+def _clean_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "base_model")
+
+
+def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Modules carrying the active LoRA adapter, by their (cleaned) peft name."""
+    adapter = model.active_adapter
+    layers = {}
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, torch.nn.ModuleDict) and adapter in lora_a:
+            if getattr(module, "use_dora", {}).get(adapter, False):
+                raise NotImplementedError("merging a DoRA adapter into the base weights is not supported (rollout.lora_sync=merge, or the hf engine in another dtype)")
+            layers[_clean_name(name)] = module
+    return layers
+
+
+def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(vLLM-style name, full tensor) of a transformers model, streamed: one gathered tensor at a time."""
+    for name, tensor in model.state_dict().items():
+        yield _clean_name(name), _full(tensor).detach()
+
+
+def merged_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Base-model weights of a peft model with its adapter merged in, computed on copies.
+
+    Mirrors TRL's PEFT sync: drop ``base_model.model.``, drop ``.base_layer``, skip ``lora_`` keys and
+    the frozen ``original_module`` copies of ``modules_to_save``. Merging on copies (instead of peft's
+    in-place ``merge_adapter``) leaves the trained, possibly sharded, parameters untouched.
+    """
+    adapter = model.active_adapter
+    layers = _lora_layers(model)
+    for raw_name, tensor in model.state_dict().items():
+        name = _clean_name(raw_name)
+        if ".lora_" in name or ".original_module." in name:
+            if ".lora_" in name:
+                _full(tensor)  # FSDP2: every rank joins every gather, in state-dict order
+            continue
+        tensor = _full(tensor).detach()
+        if name.endswith(".base_layer.weight"):
+            module = layers.get(name.removesuffix(".base_layer.weight"))
+            if module is not None:
+                a = _full(module.lora_A[adapter].weight).detach().float()  # [r, in]
+                b = _full(module.lora_B[adapter].weight).detach().float()  # [out, r]
+                delta = (b @ a) * module.scaling[adapter]  # [out, in]
+                if getattr(module, "fan_in_fan_out", False):
+                    delta = delta.T
+                tensor = (tensor.float() + delta).to(tensor.dtype)
+        name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")
+        name = name.replace(f".modules_to_save.{adapter}", "")
+        yield name, tensor
+
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The active adapter's tensors, named as peft saves them (what vLLM's LoRA loader reads)."""
+    adapter = model.active_adapter
+    state = {}
+    for name, module in _lora_layers(model).items():
+        state[f"{name}.lora_A.weight"] = _full(module.lora_A[adapter].weight).detach().contiguous().cpu()
+        state[f"{name}.lora_B.weight"] = _full(module.lora_B[adapter].weight).detach().contiguous().cpu()
+    return state
