@@ -342,6 +342,13 @@ def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_
         try:
             with torch.no_grad():
                 logp, _, mask = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+                # The frozen weights cast once per step (instead of by autocast at each use): same values.
+                base = trainer.policy.model.base_model.model.model.layers[0].mlp.up_proj.base_layer.weight
+                with trainer._training_weights():
+                    assert base.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+                    again, _, _ = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+                assert base.dtype == torch.float32
+                assert torch.equal(again * mask, logp * mask)
             out[dtype] = (logp * mask, logp.dtype)
         finally:
             trainer.cleanup()

@@ -37,6 +37,7 @@ RESUME_SAFE_FIELDS = {
     "actor.param_offload",
     "actor.optimizer_offload",
     "model.enable_gradient_checkpointing",
+    "model.attn_implementation",
     "rollout.name",
     "rollout.gpu_memory_utilization",
     "rollout.tensor_model_parallel_size",

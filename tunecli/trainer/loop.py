@@ -10,6 +10,7 @@ compute the same update as one process over the whole batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -251,7 +252,9 @@ class Trainer:
 
         t_train = now()
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's updates use
-        update = self._update(rollout, advantages, active)
+        with self._training_weights():
+            update = self._update(rollout, advantages, active)
+        t_sync = now()
         self.engine.sync_weights(self.policy.model)  # the next rollout samples from the updated policy
         self.scheduler.step()
         t_end = now()
@@ -267,7 +270,8 @@ class Trainer:
             "actor/lr": lr,
             **update,
             "timing/rollout_s": t_rollout,
-            "timing/train_s": t_end - t_train,
+            "timing/train_s": t_end - t_train,  # the update and the weight sync
+            "timing/sync_s": t_end - t_sync,
             "timing/step_s": t_end - t_start,
             "perf/tokens_per_s": rollout.num_generated_tokens / max(t_rollout, 1e-9),
         }
@@ -442,7 +446,7 @@ class Trainer:
         logps, ents, rows = [], [], []
         for chunk in self._logit_chunks(model, rollout, indices):
             logits = chunk.logits.float()  # [b, R_b, V]  log-softmax in fp32: bf16 logits are fine, bf16 log-probs are not
-            if temperature > 0:
+            if temperature > 0 and temperature != 1.0:  # (1.0: skip a pass over [b, R_b, V])
                 logits = logits / temperature  # log-probs of the distribution that was sampled (verl does the same)
             logps.append(grpo.token_logprobs(logits, chunk.targets))  # [b, R_b]
             if entropy:
@@ -461,6 +465,14 @@ class Trainer:
             if self.share_prompts:
                 return self._logits_shared_prompts(model, rollout, indices)
             return self._logits_full(model, rollout, indices)
+
+    def _training_weights(self):
+        """bf16 compute: the frozen weights cast once per step instead of at every forward."""
+        from tunecli.trainer.policy import frozen_linear_weights_as
+
+        if self.recipe.actor.compute_dtype != "bfloat16":
+            return contextlib.nullcontext()
+        return frozen_linear_weights_as(torch.bfloat16, self.policy.model, self.policy.frozen_reference)
 
     def _autocast(self):
         """Matmuls in bf16 when actor.compute_dtype asks (weights and optimizer stay in their dtype)."""
