@@ -280,6 +280,12 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
         f"{rates.train_flops_s / limits.fp32_flops:.0%} of the measured fp32 matmul peak "
         f"({limits.fp32_flops / 1e9:.0f} GFLOP/s); goal >= 40%"
         + (
+            f"; compute_dtype bfloat16: {rates.train_flops_s / limits.bf16_flops:.0%} of the bf16 peak "
+            f"({limits.bf16_flops / 1e9:.0f} GFLOP/s)"
+            if recipe.actor.compute_dtype == "bfloat16"
+            else ""
+        )
+        + (
             "  [train time includes the weight sync: the run has no timing/sync_s]"
             if recipe.rollout.name == "vllm" and not any(f.sync_s for f in fields)
             else ""

@@ -200,48 +200,6 @@ def test_hf_engine_shared_prefill_matches_plain_generation(tiny_model_dir):
     assert sampled[0].response_ids == sampled[1].response_ids  # the seed pins the draw
 
 
-def test_hf_engine_generates_with_the_lora_adapter_merged_and_restores_the_base(tiny_model_dir):
-    """Generation folds the adapter into the base weights (one matmul per layer) and takes it out
-    after: same tokens as the unmerged adapter, base weights back to within fp32 rounding."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunecli.trainer.rollout import SamplingSettings
-    from tunecli.trainer.rollout import hf
-    from tunecli.trainer.rollout.hf import HFEngine
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.3)  # a real adapter: it must change what is generated
-    base = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k}
-    engine = HFEngine(model, tokenizer)
-    prompts, greedy = [[1, 5, 6, 7, 8], [9, 10]], SamplingSettings(n=2, temperature=0.0, max_new_tokens=6)
-
-    merged_calls = []
-    real_merge = model.merge_adapter
-    model.merge_adapter = lambda *a, **k: (merged_calls.append(1), real_merge(*a, **k))
-    merged = engine.generate(prompts, greedy)
-    assert merged_calls, "the adapter was not merged for generation"
-    for k, v in model.state_dict().items():
-        if "lora" not in k:
-            assert torch.allclose(v, base[k], atol=1e-6), k
-    with model.disable_adapter():
-        without = engine.generate(prompts, greedy)
-    original = hf.lora_merged
-    try:
-        hf.lora_merged = lambda m: __import__("contextlib").nullcontext()
-        unmerged = engine.generate(prompts, greedy)
-    finally:
-        hf.lora_merged = original
-    assert merged.response_ids == unmerged.response_ids
-    assert merged.response_ids != without.response_ids
-
-
 def test_hf_engine_in_bf16_samples_from_a_synced_copy(tiny_model_dir):
     """rollout.dtype bf16 under an fp32 policy: the engine generates on its own bf16 copy, which holds
     W + scale * B @ A after each sync and never touches the policy."""
