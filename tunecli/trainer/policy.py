@@ -130,7 +130,8 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
     """Hold the frozen Linear weights of ``models`` in ``dtype`` for a block of autocast passes.
 
     Autocast caches its casts only for leaf tensors that require grad, so a LoRA run's frozen base
-    weights were cast fp32 -> bf16 again in every forward (about ten times per step). Casting them
+    weights were cast fp32 -> bf16 again in every forward pass of a step (the prompt pass and each
+    length bucket, for the policy and again for the reference). Casting them
     once here gives autocast the very values it would have produced (round to nearest), so the math
     is unchanged. Weights shared with a non-Linear module (tied input embeddings) are left alone:
     the embedding lookup must keep returning fp32. Sharded (FSDP2) models are left alone too.
