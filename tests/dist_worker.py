@@ -107,4 +107,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from tunecli.train import exit_worker
+
     main()
+    exit_worker(0)  # as the trainer's workers leave: no interpreter teardown under gloo

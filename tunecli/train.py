@@ -45,7 +45,7 @@ def _resume_hint(default: str) -> str:
     return os.environ.get("TUNECLI_RESUME_HINT") or default.replace(" --no-resume", "")
 
 
-def _exit(code: int) -> None:
+def exit_worker(code: int) -> None:
     """Leave a torchrun worker without interpreter teardown.
 
     Everything is flushed and the process group is destroyed by then, but gloo's C++ threads can
@@ -64,4 +64,4 @@ def _exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    _exit(main())
+    exit_worker(main())
