@@ -125,9 +125,6 @@ def barrier() -> None:
 def shutdown() -> None:
     global _INFO
     if dist.is_available() and dist.is_initialized():
-        import gc
-
-        gc.collect()  # collectives' work objects still referenced by dead Python objects go first
         dist.destroy_process_group()
     _INFO = None
 

@@ -514,6 +514,8 @@ class Trainer:
         through the cache (index_select is differentiable). The responses run in length buckets, so
         a short answer is not padded to the longest one. Same values up to float rounding.
         """
+        from transformers import DynamicCache
+
         device = self.dist.device
         n = self.recipe.rollout.n
         group_of = [i // n * n for i in indices]  # the group's first sample (samples are prompt-major)
@@ -532,6 +534,7 @@ class Trainer:
         first_logits = out.logits[:, -1:, :]  # [G, 1, V]
         plain = _plain_kv_cache(out.past_key_values)
         prompt_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers] if plain else None  # [G, heads, P, d]
+        prompt_len = prompt_mask.sum(-1)  # [G]
         lengths = [len(rollout.response_ids[i]) for i in indices]
         buckets = length_buckets(lengths) if plain else [list(range(len(indices)))]
         chunks = []
@@ -545,14 +548,12 @@ class Trainer:
                 continue
             # Response tokens 0..R-2 predict tokens 1..R-1, attending to the cached prompt.
             if plain:  # each bucket its own copy of its groups' prompt cache
-                from transformers import DynamicCache
-
                 cache = DynamicCache(ddp_cache_data=[(k.index_select(0, select), v.index_select(0, select)) for k, v in prompt_kv])
             else:  # one bucket: the cache itself, expanded to the rows
                 cache = out.past_key_values
                 cache.reorder_cache(select)
             attention = torch.cat([prompt_mask.index_select(0, select), mask[:, :-1].long()], dim=1)  # [b, P+R-1]
-            positions = prompt_mask.sum(-1).index_select(0, select).unsqueeze(1) + torch.arange(resp_ids.shape[1] - 1, device=device)  # [b, R-1]
+            positions = prompt_len.index_select(0, select).unsqueeze(1) + torch.arange(resp_ids.shape[1] - 1, device=device)  # [b, R-1]
             rest = model(
                 input_ids=resp_ids[:, :-1],
                 attention_mask=attention,
@@ -634,9 +635,6 @@ class Trainer:
             self.engine.close()
         if getattr(self, "memory", None):
             self.memory.stop()
-        # Drop what holds process-group state (FSDP2 meshes, DCP-loaded optimizer state) before the
-        # group goes, not during interpreter teardown.
-        self.policy = self.optimizer = self.scheduler = None
         distributed.shutdown()
 
 

@@ -12,9 +12,8 @@ def make_engine(recipe, policy, tokenizer, model_path: str) -> RolloutEngine:
     (imported lazily: heavy) runs a colocated engine."""
     name = recipe.rollout.name
     if name == "hf":
-        from tunecli.trainer.rollout.hf import HFEngine
-
         from tunecli.trainer.policy import DTYPES
+        from tunecli.trainer.rollout.hf import HFEngine
 
         dtype = None if recipe.rollout.dtype == "auto" else DTYPES[recipe.rollout.dtype]
         return HFEngine(

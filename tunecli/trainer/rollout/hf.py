@@ -69,11 +69,11 @@ class HFEngine:
         self.max_num_seqs = max_num_seqs
         self.model = model
         self.copy: torch.nn.Module | None = None
-        policy_dtype = next(model.parameters()).dtype
-        if dtype is not None and dtype != policy_dtype:
+        first = next(model.parameters())
+        if dtype is not None and dtype != first.dtype:
             if model_path is None:
                 raise ValueError("the hf engine needs model_path to hold a copy in another dtype")
-            self.copy = _load_copy(model_path, dtype, next(model.parameters()).device, trust_remote_code)
+            self.copy = _load_copy(model_path, dtype, first.device, trust_remote_code)
             self.model = self.copy
             self.sync_weights(model)  # the policy may already differ from the files (resume, LoRA init)
 
