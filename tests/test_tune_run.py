@@ -180,7 +180,8 @@ def _has_step(run_dir: Path) -> bool:
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_tune_run_resumes(tiny_model_dir, tmp_path):
-    """Ctrl-C on a 2-process `tune run`: the workers save a checkpoint, exit 130; running again resumes."""
+    """Ctrl-C on a 2-process `tune run`: the workers save a checkpoint, `tune run` exits 130 with no
+    torchrun traceback or failure report; running again resumes."""
     steps = 4
     recipe = small_recipe(tiny_model_dir, "sig", trainer={"total_training_steps": steps, "save_freq": -1})
     _, script = write_recipe(recipe, tmp_path)
@@ -202,6 +203,7 @@ def test_ctrl_c_checkpoints_and_tune_run_resumes(tiny_model_dir, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out[-4000:]
+    assert "Traceback" not in out and "ChildFailedError" not in out and "Aborted" not in out, out[-4000:]
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
     assert len(ckpts) == 1, out[-4000:]
     stopped_at = int(ckpts[0].name.split("_")[1])
@@ -214,3 +216,33 @@ def test_ctrl_c_checkpoints_and_tune_run_resumes(tiny_model_dir, tmp_path):
     assert again.returncode == 0, again.stdout[-4000:]
     assert f"Resumed from runs/sig/checkpoints/step_{stopped_at} (step {stopped_at}/{steps})" in again.stdout
     assert sorted(read_metrics(run_dir)) == list(range(1, steps + 1))
+
+
+def test_status_file_turns_a_quiet_worker_exit_into_130(monkeypatch):
+    """A torchrun worker that stopped on request exits 0 (no torchrun failure report) and reports 130
+    through the status file, which `tune run`'s runner turns back into 130."""
+    from tunecli.launch.runner import run_child
+    from tunecli.train import report_status
+
+    child = (
+        "import os, sys; os.environ.update(WORLD_SIZE='2', RANK='0'); "
+        "from tunecli.train import report_status; sys.exit(report_status(130))"
+    )
+    assert run_child([sys.executable, "-c", child]).returncode == 130
+    failing = "import sys; from tunecli.train import report_status; sys.exit(report_status(1))"
+    assert run_child([sys.executable, "-c", failing]).returncode == 1
+    # Alone (no tune run, or one process) the trainer's own code stands.
+    monkeypatch.delenv("TUNECLI_STATUS_FILE", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert report_status(130) == 130
+
+
+def test_ctrl_c_reaches_torchrun_workers_not_torchrun():
+    from tunecli.launch.runner import _runs_module
+
+    assert _runs_module(["/usr/bin/python", "-m", "tunecli.train", "--config", "x.yaml"], "tunecli.train")
+    assert _runs_module(["python", "-u", "-m", "tunecli.train"], "tunecli.train")
+    torchrun = ["--nproc-per-node", "2", "--standalone", "-m", "tunecli.train", "--config", "x.yaml"]
+    assert not _runs_module(["/usr/bin/python", "-m", "torch.distributed.run", *torchrun], "tunecli.train")
+    assert not _runs_module(["/usr/bin/python", "/usr/bin/torchrun", *torchrun], "tunecli.train")
+    assert not _runs_module(["python", "-c", "from multiprocessing.spawn import spawn_main"], "tunecli.train")

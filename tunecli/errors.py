@@ -10,6 +10,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+# What a trainer stopped on request (Ctrl-C, SIGTERM) exits with, as a shell reports SIGINT.
+EXIT_INTERRUPTED = 130
+
 
 class TuneError(Exception):
     """A user-facing error: one paragraph, field + value + fix."""

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from tunecli.errors import TuneError
+from tunecli.errors import EXIT_INTERRUPTED, TuneError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +45,27 @@ def _resume_hint(default: str) -> str:
     return os.environ.get("TUNECLI_RESUME_HINT") or default.replace(" --no-resume", "")
 
 
+def report_status(code: int) -> int:
+    """Tell a supervising ``tune run`` how the trainer ended; returns the code this process exits with.
+
+    Under torchrun a worker's nonzero exit is a failure: torchrun prints a ChildFailedError report.
+    So a torchrun job that stopped on request (130) writes 130 to the status file and exits 0,
+    which lets torchrun shut down normally and ``tune run`` report 130 itself.
+    """
+    import json
+    import os
+
+    path = os.environ.get("TUNECLI_STATUS_FILE")
+    if not path:
+        return code
+    if os.environ.get("RANK", "0") == "0":
+        with open(path, "w") as f:
+            json.dump({"exit_code": code}, f)
+    if code == EXIT_INTERRUPTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 0
+    return code
+
+
 def exit_worker(code: int) -> None:
     """Leave a torchrun worker without interpreter teardown.
 
@@ -64,4 +85,4 @@ def exit_worker(code: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_worker(main())
+    exit_worker(report_status(main()))

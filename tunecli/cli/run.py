@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from tunecli.cli import console
-from tunecli.errors import TuneError
+from tunecli.errors import EXIT_INTERRUPTED, TuneError
 
 EPILOG = (
     "Examples:  tune run generated/quickstart.sh  ·  tune run generated/quickstart.sh --dry-run  ·  "
@@ -69,13 +69,15 @@ def register(app: typer.Typer) -> None:
             else:
                 console.warning("Killing the run and all its processes.")
 
-        outcome = run_child(launch.command, launch.env, on_interrupt=on_interrupt)
+        torchrun = target.recipe is not None and target.recipe.launch.world_size > 1 and not target.slurm
+        outcome = run_child(launch.command, launch.env, on_interrupt=on_interrupt,
+                            worker_module="tunecli.train" if torchrun else None)
         code = outcome.returncode
         if outcome.interrupted and code != 0:
             _report_interrupt(target, launch.env["TUNECLI_RESUME_HINT"])
-            if code == 1 and target.recipe is not None and target.recipe.launch.world_size > 1:
-                # torchrun ends a run it forwarded Ctrl-C to with its own code 1; the workers exited 130.
-                code = 130
+            if code == 1 and torchrun:
+                # Ctrl-C before torchrun started its workers: torchrun itself stopped, with code 1.
+                code = EXIT_INTERRUPTED
         raise typer.Exit(code)
 
 

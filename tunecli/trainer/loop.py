@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tunecli.errors import TuneError
+from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.recipe.io import dump_recipe
 from tunecli.recipe.schema import Recipe
 from tunecli.trainer import checkpoint, distributed, grpo
@@ -33,7 +33,6 @@ from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, now
 from tunecli.trainer.rewards import resolve_reward
 from tunecli.trainer.rollout import Rollout, SamplingSettings, make_engine
 
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
