@@ -137,24 +137,27 @@ def test_resume_refuses_changed_math_and_no_resume_starts_over(tmp_path, tiny_mo
     assert (run_dir / "checkpoints-previous").is_dir() and (run_dir / "checkpoints" / "step_1").is_dir()
 
 
-@pytest.mark.parametrize("pass_cost", [0, 1000])
-def test_shared_prompt_pass_equals_full_pass(tmp_path, tiny_model_dir, monkeypatch, pass_cost):
-    """The trainer runs each group's prompt once and its n responses on the shared KV cache, in
-    length buckets (pass_cost 0: one bucket per length; 1000: one bucket): same log-probs, entropies
-    and gradients as one plain pass per sample."""
+@pytest.mark.parametrize("pass_cost,attention", [(0, "eager"), (1000, "eager"), (32, "sdpa")])
+def test_shared_prompt_passes_equal_full_pass(tmp_path, tiny_model_dir, monkeypatch, pass_cost, attention):
+    """Two ways to run each group's prompt once: one row per group with a 4D mask (the default), and
+    the prompt pass + the responses on its KV cache in length buckets (pass_cost 0: one bucket per
+    length; 1000: one bucket). Both give the log-probs, entropies and gradients of one plain pass per
+    sample, for whole groups and for a micro-batch holding part of a group."""
     import torch
 
     from tunecli.recipe.io import recipe_from_dict
-    from tunecli.trainer import batching
+    from tunecli.trainer import batching, loop
     from tunecli.trainer.loop import Trainer
     from tunecli.trainer.rollout import Rollout
 
     monkeypatch.setattr(batching, "PASS_COST_TOKENS", pass_cost)
-    recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4}, "rollout": {"n": 3},
+    recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4, "attn_implementation": attention},
+                               "rollout": {"n": 3, "temperature": 0.7},
                                "trainer": {"default_local_dir": str(tmp_path / "run")}})
     trainer = Trainer(recipe, resume=False)
     trainer.setup()
     try:
+        assert trainer.policy.model.config._attn_implementation == attention
         torch.manual_seed(0)
         for p in trainer.policy.trainable_parameters():
             torch.nn.init.normal_(p, std=0.05)  # LoRA B starts at zero: give the adapter a real effect
@@ -162,21 +165,25 @@ def test_shared_prompt_pass_equals_full_pass(tmp_path, tiny_model_dir, monkeypat
         rollout = Rollout(prompt_ids=[p for p in prompts for _ in range(3)],
                           response_ids=[[4], [4, 5, 6], [7, 8], [9, 9, 9, 2], [3], [5, 6]], finished=[True] * 6)
         params = trainer.policy.trainable_parameters()
-        indices = [5, 0, 3, 1, 4, 2]  # any order: the results follow it
-        expected_mask = torch.tensor([[len(rollout.response_ids[i]) > t for t in range(4)] for i in indices]).float()
-        results = []
-        for shared in (False, True):
-            monkeypatch.setattr(Trainer, "share_prompts", property(lambda self, s=shared: s))
-            chunks = trainer._logit_chunks(trainer.policy.model, rollout, indices)
-            # One bucket per distinct length with pass_cost 0: responses 2, 1, 4, 3, 1, 2; with prompts 8, 5, 10, 7, 7, 6.
-            assert len(chunks) == (1 if pass_cost else 4 if shared else 5)
-            logp, ent, mask = trainer._forward(trainer.policy.model, rollout, indices, entropy=True, entropy_grad=True)
-            assert torch.equal(mask, expected_mask)
-            results.append((logp * mask, ent * mask, torch.autograd.grad((logp * mask).sum(), params)))
-        (full, ent_full, g_full), (shared, ent_shared, g_shared) = results
-        assert torch.allclose(full, shared, atol=1e-5) and torch.allclose(ent_full, ent_shared, atol=1e-5)
-        for a, b in zip(g_full, g_shared):
-            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        for indices in ([5, 0, 3, 1, 4, 2], [4, 0, 3]):  # any order: the results follow it
+            width = max(len(rollout.response_ids[i]) for i in indices)
+            expected_mask = torch.tensor([[len(rollout.response_ids[i]) > t for t in range(width)] for i in indices]).float()
+            results = []
+            for shared, rows in ((False, False), (True, False), (True, True)):
+                monkeypatch.setattr(Trainer, "share_prompts", property(lambda self, s=shared: s))
+                monkeypatch.setattr(loop, "_takes_custom_masks", lambda model, r=rows: r)
+                if not rows and len(indices) == 6:
+                    chunks = trainer._logit_chunks(trainer.policy.model, rollout, indices)
+                    # One bucket per distinct length with pass_cost 0: responses 2, 1, 4, 3, 1, 2; with prompts 8, 5, 10, 7, 7, 6.
+                    assert len(chunks) == (1 if pass_cost == 1000 else (4 if shared else 5) if pass_cost == 0 else len(chunks))
+                logp, ent, mask = trainer._forward(trainer.policy.model, rollout, indices, entropy=True, entropy_grad=True)
+                assert torch.equal(mask, expected_mask)
+                results.append((logp * mask, ent * mask, torch.autograd.grad((logp * mask).sum() + (ent * mask).sum(), params)))
+            (full, ent_full, g_full), *others = results
+            for shared, ent_shared, g_shared in others:
+                assert torch.allclose(full, shared, atol=1e-5) and torch.allclose(ent_full, ent_shared, atol=1e-5)
+                for a, b in zip(g_full, g_shared):
+                    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     finally:
         trainer.cleanup()
 
@@ -301,11 +308,16 @@ def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_
             with torch.no_grad():
                 logp, _, mask = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
                 # The frozen weights cast once per step (instead of by autocast at each use): same values.
-                base = trainer.policy.model.base_model.model.model.layers[0].mlp.up_proj.base_layer.weight
+                inner = trainer.policy.model.base_model.model
+                base = inner.model.layers[0].mlp.up_proj.base_layer.weight
                 with trainer._training_weights():
-                    assert base.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+                    cast = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+                    assert base.dtype == cast
+                    # The LM head tied to the input embeddings gets its own cast copy; the lookup stays fp32.
+                    assert inner.lm_head.weight.dtype == cast and inner.model.embed_tokens.weight.dtype == torch.float32
                     again, _, _ = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
                 assert base.dtype == torch.float32
+                assert inner.lm_head.weight is inner.model.embed_tokens.weight  # tied again
                 assert torch.equal(again * mask, logp * mask)
             out[dtype] = (logp * mask, logp.dtype)
         finally:

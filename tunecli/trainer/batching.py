@@ -7,6 +7,8 @@ tokens about half of them were padding), so rows of similar length run together.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 # What one more forward/backward pass costs beyond its tokens, in padded token positions: the
@@ -106,3 +108,75 @@ def pad_rows(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r.to(out.device, out.dtype)
     return out
+
+
+@dataclass
+class GroupRows:
+    """A micro-batch as one row per GRPO group: the group's prompt once (left-padded to end at column
+    P - 1), then the inputs of its responses side by side. ``allowed`` keeps them apart: a response
+    token sees its prompt and its own earlier tokens, nothing of its siblings. One forward pass over
+    these rows gives every log-prob of the micro-batch: the last prompt column predicts each
+    response's first token, column P + j the token after the response token placed there.
+    """
+
+    input_ids: torch.Tensor  # [G, L]
+    position_ids: torch.Tensor  # [G, L]  as during generation: each response continues its prompt
+    allowed: torch.Tensor  # [G, L, L] bool: query column may attend to key column
+    prompt_width: int  # P
+    first_targets: torch.Tensor  # [G, S]  first response token of each of the row's S samples (pad: 0)
+    next_targets: torch.Tensor  # [G, L - P]  the token column P + j predicts (pad: 0)
+    gather_index: torch.Tensor  # [m, R]  into cat(first.flatten(), next.flatten(), [0]): sample order
+
+    def gather(self, first: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+        """Per-token values [G, S] and [G, L - P] -> [m, R] in sample order, 0 past each response."""
+        flat = torch.cat([first.flatten(), following.flatten(), first.new_zeros(1)])
+        return flat[self.gather_index.to(flat.device)]
+
+
+def group_rows(prompts: list[list[int]], responses: list[list[int]], groups: list[int], pad_id: int) -> GroupRows:
+    """Lay samples out as ``GroupRows``; samples with the same ``groups`` value share a prompt."""
+    members: dict[int, list[int]] = {}
+    for k, g in enumerate(groups):
+        members.setdefault(g, []).append(k)
+    rows = list(members.values())
+    width = max(len(prompts[ks[0]]) for ks in rows)  # P
+    inputs = [sum(max(len(responses[k]) - 1, 0) for k in ks) for ks in rows]  # response inputs per row
+    length = width + max(inputs)  # L
+    per_row = max(len(ks) for ks in rows)  # S
+    n_rows, n_samples = len(rows), len(prompts)
+    ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
+    positions = torch.zeros((n_rows, length), dtype=torch.long)
+    allowed = torch.zeros((n_rows, length, length), dtype=torch.bool)
+    first_targets = torch.zeros((n_rows, per_row), dtype=torch.long)
+    next_targets = torch.zeros((n_rows, length - width), dtype=torch.long)
+    longest = max((len(r) for r in responses), default=0)
+    zero_slot = n_rows * per_row + n_rows * (length - width)
+    index = torch.full((n_samples, max(longest, 1)), zero_slot, dtype=torch.long)
+    for r, ks in enumerate(rows):
+        prompt = prompts[ks[0]]
+        p = len(prompt)
+        start = width - p
+        ids[r, start:width] = torch.tensor(prompt)
+        positions[r, start:width] = torch.arange(p)
+        allowed[r, start:width, start:width] = torch.ones(p, p, dtype=torch.bool).tril()
+        column = width
+        for s, k in enumerate(ks):
+            resp = responses[k]
+            if not resp:
+                continue
+            n_in = len(resp) - 1  # the last token predicts nothing
+            end = column + n_in
+            ids[r, column:end] = torch.tensor(resp[:-1])
+            positions[r, column:end] = torch.arange(p, p + n_in)
+            allowed[r, column:end, start:width] = True
+            allowed[r, column:end, column:end] = torch.ones(n_in, n_in, dtype=torch.bool).tril()
+            first_targets[r, s] = resp[0]
+            next_targets[r, column - width : end - width] = torch.tensor(resp[1:])
+            index[k, 0] = r * per_row + s
+            base = n_rows * per_row + r * (length - width) + (column - width)
+            index[k, 1 : len(resp)] = torch.arange(base, base + n_in)
+            column = end
+        # Padding columns attend to themselves only (their outputs are never read).
+        unused = ~allowed[r].any(dim=-1)
+        allowed[r, unused, unused] = True
+    return GroupRows(ids, positions, allowed, width, first_targets, next_targets, index)

@@ -27,8 +27,9 @@ from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.recipe.io import dump_recipe
 from tunecli.recipe.schema import Recipe
 from tunecli.trainer import checkpoint, distributed, grpo
-from tunecli.trainer.batching import collate, length_buckets, left_pad, pack_by_tokens, pad_rows, right_pad
+from tunecli.trainer.batching import collate, group_rows, length_buckets, left_pad, pack_by_tokens, pad_rows, right_pad
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
+from tunecli.trainer.logprobs import token_logprobs_and_entropy
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, now
 from tunecli.trainer.rewards import resolve_reward
 from tunecli.trainer.rollout import Rollout, SamplingSettings, make_engine
@@ -287,6 +288,7 @@ class Trainer:
         return SamplingSettings(
             n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
             max_new_tokens=self.recipe.data.max_response_length, seed=seed,
+            logprobs=r.use_rollout_logprobs,  # otherwise the trainer computes its own
         )
 
     def _generate(self, prompts: list[PromptSample], sampling: SamplingSettings) -> Rollout:
@@ -442,15 +444,18 @@ class Trainer:
     def _forward(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool = False):
         """Token log-probs (and entropy) of the responses of ``indices``: ([m, R], [m, R] | None, mask [m, R])."""
         temperature = self.recipe.rollout.temperature
+        if self.share_prompts and _takes_custom_masks(model):
+            return self._forward_group_rows(model, rollout, indices, entropy=entropy, entropy_grad=entropy_grad)
         logps, ents, rows = [], [], []
         for chunk in self._logit_chunks(model, rollout, indices):
-            logits = chunk.logits.float()  # [b, R_b, V]  log-softmax in fp32: bf16 logits are fine, bf16 log-probs are not
-            if temperature > 0 and temperature != 1.0:  # (1.0: skip a pass over [b, R_b, V])
-                logits = logits / temperature  # log-probs of the distribution that was sampled (verl does the same)
-            logps.append(grpo.token_logprobs(logits, chunk.targets))  # [b, R_b]
+            # Of the distribution that was sampled (logits / temperature, as verl does); in fp32 blocks:
+            # bf16 logits are fine, bf16 log-probs are not.
+            logp, ent = token_logprobs_and_entropy(
+                chunk.logits, chunk.targets, temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
+            )  # [b, R_b], [b, R_b] | None
+            logps.append(logp)
             if entropy:
-                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                    ents.append(grpo.entropy_from_logits(logits))  # [b, R_b]
+                ents.append(ent)
             rows += chunk.rows
         _, mask = right_pad([rollout.response_ids[i] for i in indices], self.pad_id)  # [m, R]
         mask = mask.to(self.dist.device)
@@ -459,19 +464,104 @@ class Trainer:
         ent = _stack_padded(ents, mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
         return logp, ent, mask
 
+    def _forward_group_rows(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool):
+        """``_forward`` with a row per group: its prompt once, then its responses side by side.
+
+        The n samples of a group share their prompt (most of the tokens in short-answer tasks), so
+        it runs once; a 4D attention mask keeps the responses apart (``batching.GroupRows``). Rows of
+        similar length run together (``length_buckets``): usually one pass for the whole micro-batch
+        instead of a prompt pass plus one per length bucket of responses, with more rows per matmul.
+        Same values as ``_logits_full`` up to float rounding.
+        """
+        device = self.dist.device
+        n = self.recipe.rollout.n
+        members: dict[int, list[int]] = {}  # group -> positions in ``indices``
+        for k, i in enumerate(indices):
+            members.setdefault(i // n, []).append(k)
+        groups = list(members.values())
+        row_lengths = [
+            len(rollout.prompt_ids[indices[ks[0]]]) + sum(max(len(rollout.response_ids[indices[k]]) - 1, 0) for k in ks)
+            for ks in groups
+        ]
+        logps, ents, rows = [], [], []
+        for bucket in length_buckets(row_lengths):
+            positions = [k for g in bucket for k in groups[g]]
+            logp, ent = self._group_rows_pass(model, rollout, [indices[k] for k in positions], entropy, entropy_grad)
+            logps.append(logp)
+            ents.append(ent)
+            rows += positions
+        _, mask = right_pad([rollout.response_ids[i] for i in indices], self.pad_id)  # [m, R]
+        mask = mask.to(device)
+        order = torch.tensor(rows).argsort().to(device)  # bucket order -> the order of ``indices``
+        logp = _stack_padded(logps, mask.shape[1]).index_select(0, order)  # [m, R]
+        ent = _stack_padded(ents, mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
+        return logp, ent, mask
+
+    def _group_rows_pass(self, model, rollout: Rollout, indices: list[int], entropy: bool, entropy_grad: bool):
+        """One forward pass over ``GroupRows``: per-token log-probs (and entropies) [m, R] in ``indices`` order."""
+        device = self.dist.device
+        temperature = self.recipe.rollout.temperature
+        n = self.recipe.rollout.n
+        rows = group_rows(
+            [rollout.prompt_ids[i] for i in indices], [rollout.response_ids[i] for i in indices],
+            [i // n for i in indices], self.pad_id,
+        )
+        allowed = rows.allowed.unsqueeze(1).to(device)  # [G, 1, L, L]
+        if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            attention = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        else:  # sdpa takes it as it is
+            attention = allowed
+        length = rows.input_ids.shape[1]
+        width = length - rows.prompt_width  # response input columns
+        # The last prompt column and every response column go through the LM head. As indices, not
+        # a count: the model then gathers a contiguous copy of those hidden states; a sliced view
+        # made matmul expand the LM head's weight into a [1, H, V] copy per call (33 ms each).
+        keep = torch.arange(length - width - 1, length, device=device)
+        with self._autocast():
+            logits = model(
+                input_ids=rows.input_ids.to(device),
+                attention_mask=attention,
+                position_ids=rows.position_ids.to(device),
+                logits_to_keep=keep,
+                use_cache=False,
+            ).logits  # [G, 1 + width, V]
+        per_row = rows.first_targets.shape[1]
+        first = logits[:, :1, :].expand(-1, per_row, -1)  # [G, S, V]  one prediction, each sample's first token
+        logp_first, ent_first = token_logprobs_and_entropy(
+            first, rows.first_targets.to(device), temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
+        )  # [G, S]
+        logp_next, ent_next = token_logprobs_and_entropy(
+            logits[:, 1:, :], rows.next_targets.to(device), temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
+        )  # [G, width]
+        logp = rows.gather(logp_first, logp_next)  # [m, R]
+        return logp, rows.gather(ent_first, ent_next) if entropy else None
+
     def _logit_chunks(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
         with self._autocast():
             if self.share_prompts:
                 return self._logits_shared_prompts(model, rollout, indices)
             return self._logits_full(model, rollout, indices)
 
+    @contextlib.contextmanager
     def _training_weights(self):
-        """bf16 compute: the frozen weights cast once per step instead of at every forward."""
+        """bf16 compute: the frozen weights cast once per step instead of at every forward.
+
+        And peft's LoRA layers stop casting their input to the adapter's fp32: autocast cast a bf16
+        input up and straight back down for each adapter matmul (the same values, two copies).
+        """
         from tunecli.trainer.policy import frozen_linear_weights_as
+        from tunecli.trainer.rollout.weights import is_peft
 
         if self.recipe.actor.compute_dtype != "bfloat16":
-            return contextlib.nullcontext()
-        return frozen_linear_weights_as(torch.bfloat16, self.policy.model, self.policy.frozen_reference)
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(frozen_linear_weights_as(torch.bfloat16, self.policy.model, self.policy.frozen_reference))
+            if is_peft(self.policy.model):
+                from peft.helpers import disable_input_dtype_casting
+
+                stack.enter_context(disable_input_dtype_casting(self.policy.model))
+            yield
 
     def _autocast(self):
         """Matmuls in bf16 when actor.compute_dtype asks (weights and optimizer stay in their dtype)."""
@@ -655,6 +745,18 @@ def run_training(recipe: Recipe, *, resume: bool | None = None, resume_hint: str
 def _stack_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
     """[b_k, R_k] parts -> [sum b_k, width], zeros past each part's width."""
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts], dim=0)
+
+
+def _takes_custom_masks(model) -> bool:
+    """Whether a 4D attention mask is all the model's attention needs (``_forward_group_rows``):
+    eager or sdpa kernels, and no sliding-window layers (their window is part of the mask they build)."""
+    config = model.config
+    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return all(t == "full_attention" for t in layer_types)
+    return getattr(config, "sliding_window", None) is None
 
 
 def _plain_kv_cache(cache) -> bool:

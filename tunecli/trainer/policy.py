@@ -133,24 +133,43 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
     weights were cast fp32 -> bf16 again in every forward pass of a step (the prompt pass and each
     length bucket, for the policy and again for the reference). Casting them
     once here gives autocast the very values it would have produced (round to nearest), so the math
-    is unchanged. Weights shared with a non-Linear module (tied input embeddings) are left alone:
-    the embedding lookup must keep returning fp32. Sharded (FSDP2) models are left alone too.
+    is unchanged. A weight shared with a non-Linear module (an LM head tied to the input embeddings)
+    keeps its fp32 storage, since the embedding lookup must keep returning fp32: the Linear gets its
+    own cast copy for the block instead. Sharded (FSDP2) models are left alone.
     """
     from tunecli.trainer import distributed
 
-    linear, other = set(), set()
+    linears: list[torch.nn.Linear] = []
+    other: set[torch.nn.Parameter] = set()
     for model in models:
         if model is None or distributed.is_sharded(model):
             continue
         for module in model.modules():
-            params = module.parameters(recurse=False)
-            (linear if isinstance(module, torch.nn.Linear) else other).update(params)
-    frozen = [p for p in linear - other if not p.requires_grad and p.is_floating_point() and p.dtype != dtype]
-    originals = [p.data for p in frozen]
-    for p in frozen:
+            if isinstance(module, torch.nn.Linear):
+                linears.append(module)
+            else:
+                other.update(module.parameters(recurse=False))
+
+    def frozen(p) -> bool:
+        return p is not None and not p.requires_grad and p.is_floating_point() and p.dtype != dtype
+
+    own = {id(p): p for m in linears for p in m.parameters(recurse=False) if frozen(p) and p not in other}
+    originals = {key: p.data for key, p in own.items()}
+    tied: list[tuple[torch.nn.Linear, torch.nn.Parameter]] = []
+    copies: dict[int, torch.nn.Parameter] = {}
+    for m in linears:
+        if frozen(m.weight) and m.weight in other:
+            if id(m.weight) not in copies:
+                copies[id(m.weight)] = torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
+            tied.append((m, m.weight))
+    for p in own.values():
         p.data = p.data.to(dtype)
+    for m, weight in tied:
+        m.weight = copies[id(weight)]
     try:
         yield
     finally:
-        for p, data in zip(frozen, originals):
-            p.data = data
+        for key, p in own.items():
+            p.data = originals[key]
+        for m, weight in tied:
+            m.weight = weight

@@ -20,6 +20,7 @@ class SamplingSettings:
     top_k: int = -1
     max_new_tokens: int = 64
     seed: int | None = None
+    logprobs: bool = True  # the engine's log-prob of each sampled token (costs vLLM ~4% of its time)
 
 
 @dataclass

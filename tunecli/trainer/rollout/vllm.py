@@ -53,13 +53,25 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 log = logging.getLogger(__name__)
 
 
-class _DropRotaryReloadWarning(logging.Filter):
-    """Every sync, vLLM warns that RotaryEmbedding 'failed to load weights': it has none to load
-    (its cos/sin cache is computed), and the sync tests prove the output follows the new weights."""
+class _ExpectedReloadWarnings(logging.Filter):
+    """Warnings of vLLM's weight reload that a sync expects. Every sync, RotaryEmbedding 'failed to
+    load weights': it has none (its cos/sin cache is computed). A LoRA sync pushes only the merged
+    layers, so during one (``partial``) the untouched embeddings and norms 'failed to load' and are
+    'not loaded from checkpoint': they keep what they hold. The sync tests prove the output follows
+    the new weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partial = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "RotaryEmbedding: Failed to load weights" not in record.getMessage()
+        message = record.getMessage()
+        if "RotaryEmbedding: Failed to load weights" in message:
+            return False
+        return not (self.partial and ("Failed to load weights" in message or "were not loaded from checkpoint" in message))
 
+
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.model_executor.model_loader.reload.inplace")
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
 
@@ -157,7 +169,9 @@ class VLLMEngine:
 
         from vllm import LLM
 
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_DropRotaryReloadWarning())
+        self._reload_warnings = _ExpectedReloadWarnings()
+        for logger in _RELOAD_LOGGERS:
+            logging.getLogger(logger).addFilter(self._reload_warnings)
         # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process; the
         # trainer shares this process and must keep control of its own thread count.
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
@@ -186,7 +200,7 @@ class VLLMEngine:
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else 0,  # vLLM: 0 disables top-k
             max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # the sampled token's own log-prob only
+            logprobs=0 if sampling.logprobs else None,  # the sampled token's own log-prob only
             seed=sampling.seed,
             detokenize=False,  # the trainer decodes; skip vLLM's incremental detokenizer
         )
@@ -202,10 +216,12 @@ class VLLMEngine:
                 ids = list(sample.token_ids)
                 prompt_ids.append(list(prompt))
                 response_ids.append(ids)
-                logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs or [], ids)])
+                if sampling.logprobs:
+                    logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs or [], ids)])
                 # "stop": EOS (kept as the last token) or a stop token; "length": hit max_new_tokens
                 finished.append(sample.finish_reason == "stop")
-        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished, logprobs=logprobs)
+        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished,
+                       logprobs=logprobs if sampling.logprobs else None)
 
     # -- weight sync ------------------------------------------------------------------------
 
@@ -221,9 +237,16 @@ class VLLMEngine:
             if is_peft(policy) and self.lora_adapter:
                 self._push_adapter(policy)
             else:
-                items = merged_state_items(policy) if is_peft(policy) else full_state_items(policy)
+                # LoRA: only the merged layers change; the rest is still what the engine loaded,
+                # unless a level-2 sleep discarded the weights.
+                partial = is_peft(policy) and not self._weights_discarded
+                items = merged_state_items(policy, changed_only=partial) if is_peft(policy) else full_state_items(policy)
                 dtype = self.llm.model_config.dtype  # cast here: vLLM warns per tensor otherwise
-                self._push_weights((n, t.to(dtype) if t.is_floating_point() else t) for n, t in items)
+                self._reload_warnings.partial = partial
+                try:
+                    self._push_weights((n, t.to(dtype) if t.is_floating_point() else t) for n, t in items)
+                finally:
+                    self._reload_warnings.partial = False
         self._weights_discarded = False
         self.last_sync_s = time.perf_counter() - start
 
@@ -279,6 +302,8 @@ class VLLMEngine:
         self._weights_awake = False
 
     def close(self) -> None:
+        for logger in _RELOAD_LOGGERS:
+            logging.getLogger(logger).removeFilter(self._reload_warnings)
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             del llm

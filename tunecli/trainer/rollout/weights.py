@@ -51,31 +51,38 @@ def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor
         yield _clean_name(name), _full(tensor).detach()
 
 
-def merged_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_state_items(model: torch.nn.Module, *, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Base-model weights of a peft model with its adapter merged in, computed on copies.
 
     Mirrors TRL's PEFT sync: drop ``base_model.model.``, drop ``.base_layer``, skip ``lora_`` keys and
     the frozen ``original_module`` copies of ``modules_to_save``. Merging on copies (instead of peft's
     in-place ``merge_adapter``) leaves the trained, possibly sharded, parameters untouched.
+
+    ``changed_only``: only what training changes (the merged LoRA layers and trainable tensors such
+    as ``modules_to_save``); the frozen rest (embeddings, norms: a third of SmolLM2's elements) is
+    what an engine loaded from ``model.path`` already holds.
     """
     adapter = model.active_adapter
     layers = _lora_layers(model)
+    trainable = {_clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
     for raw_name, tensor in model.state_dict().items():
         name = _clean_name(raw_name)
         if ".lora_" in name or ".original_module." in name:
             if ".lora_" in name:
                 _full(tensor)  # FSDP2: every rank joins every gather, in state-dict order
             continue
+        module = layers.get(name.removesuffix(".base_layer.weight")) if name.endswith(".base_layer.weight") else None
+        if changed_only and module is None and name not in trainable:
+            continue  # the same decision on every rank: by name only
         tensor = _full(tensor).detach()
-        if name.endswith(".base_layer.weight"):
-            module = layers.get(name.removesuffix(".base_layer.weight"))
-            if module is not None:
-                a = _full(module.lora_A[adapter].weight).detach().float()  # [r, in]
-                b = _full(module.lora_B[adapter].weight).detach().float()  # [out, r]
-                delta = (b @ a) * module.scaling[adapter]  # [out, in]
-                if getattr(module, "fan_in_fan_out", False):
-                    delta = delta.T
-                tensor = (tensor.float() + delta).to(tensor.dtype)
+        if module is not None:
+            a = _full(module.lora_A[adapter].weight).detach().float()  # [r, in]
+            b = _full(module.lora_B[adapter].weight).detach().float()  # [out, r]
+            if getattr(module, "fan_in_fan_out", False):
+                merged = torch.addmm(tensor.float(), a.T, b.T, alpha=module.scaling[adapter])  # [in, out]
+            else:
+                merged = torch.addmm(tensor.float(), b, a, alpha=module.scaling[adapter])  # W + s * B @ A, [out, in]
+            tensor = merged.to(tensor.dtype)
         name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")
         name = name.replace(f".modules_to_save.{adapter}", "")
         yield name, tensor
