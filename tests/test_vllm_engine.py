@@ -65,7 +65,7 @@ def model_dir(tmp_path_factory):
     return _make_peaky_model(tmp_path_factory.mktemp("peaky-llama"))
 
 
-def _recipe(lora_sync: str = "merge") -> Recipe:
+def _recipe(lora_sync: str = "merge", enforce_eager: bool = True) -> Recipe:
     return Recipe.model_validate(
         {
             "model": {"method": "lora", "lora_rank": LORA_RANK, "lora_alpha": 16},
@@ -76,6 +76,7 @@ def _recipe(lora_sync: str = "merge") -> Recipe:
                 "max_num_seqs": 16,
                 "gpu_memory_utilization": 0.05,
                 "lora_sync": lora_sync,
+                "enforce_eager": enforce_eager,
             },
         }
     )
@@ -232,3 +233,21 @@ def test_lora_adapter_sync_changes_output_to_transformers(adapter_engine, prompt
         assert after != before, "the engine ignored the adapter"
         assert after == _hf_greedy(policy, prompts)
         before = after
+
+
+def test_compiled_engine_follows_lora_merge_sync(model_dir, prompts):
+    """rollout.enforce_eager=false on the CPU: vLLM runs its torch.compile'd model, and a weight sync
+    (only the merged LoRA layers) still reaches it."""
+    from tunecli.trainer.rollout.vllm import VLLMEngine
+
+    engine = VLLMEngine(_recipe("merge", enforce_eager=False), str(model_dir))
+    try:
+        assert engine.llm.llm_engine.vllm_config.model_config.enforce_eager is False
+        before = _greedy(engine, prompts)
+        assert before == _hf_greedy(_hf_model(model_dir), prompts)
+        policy = _lora_policy(model_dir, seed=5)
+        engine.sync_weights(policy)
+        after = _greedy(engine, prompts)
+        assert after != before and after == _hf_greedy(policy, prompts)
+    finally:
+        engine.close()

@@ -160,9 +160,8 @@ class VLLMEngine:
         if self.cuda:
             kwargs["enable_sleep_mode"] = self.sleep_mode
         else:
-            if not cfg.enforce_eager:
-                log.info("vllm on CPU: enforce_eager=True (no CUDA graphs on the CPU backend)")
-            kwargs["enforce_eager"] = True
+            # enforce_eager=false: no CUDA graphs here, but vLLM compiles its model with torch.compile
+            # (inductor): ~40 s more at start, decode ~18% faster on the 2-core test machine.
             kwargs["kv_cache_memory_bytes"] = _kv_cache_bytes_for_cpu(model_path, recipe, dtype)
             if cfg.enable_sleep_mode:  # a warning: the recipe asked for something that cannot happen here
                 log.warning("vllm on CPU: rollout.enable_sleep_mode is ignored (no sleep mode on the CPU backend)")
