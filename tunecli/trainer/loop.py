@@ -35,7 +35,6 @@ from tunecli.trainer.rewards import resolve_reward
 from tunecli.trainer.rollout import Rollout, SamplingSettings, make_engine
 
 
-
 @dataclass
 class LogitChunk:
     """Logits of some rows of a micro-batch, from one forward pass."""
@@ -597,6 +596,9 @@ class Trainer:
 
     def _logits_shared_prompts(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
         """The n samples of a group share their prompt: run each prompt once, then the responses on its KV cache.
+
+        The fallback of ``_forward_group_rows`` for attention kernels that take no 4D mask
+        (flash-attention) and sliding-window models.
 
         Prompts are most of the tokens in short-answer tasks (~46 of ~58 for the quickstart), so this
         does a fraction of the work of ``_logits_full``; gradients flow into the shared prompt pass
