@@ -188,6 +188,35 @@ def test_shared_prompt_passes_equal_full_pass(tmp_path, tiny_model_dir, monkeypa
         trainer.cleanup()
 
 
+def test_long_group_rows_take_the_kv_path_under_eager_attention(tmp_path, tiny_model_dir, monkeypatch):
+    """Eager attention keeps a [heads, L, L] score matrix per layer: a group row longer than
+    EAGER_MAX_TOKENS goes through the prompt-KV-cache path instead, with the same values."""
+    import torch
+
+    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.trainer import loop
+    from tunecli.trainer.loop import Trainer
+    from tunecli.trainer.rollout import Rollout
+
+    recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4, "attn_implementation": "eager"},
+                               "rollout": {"n": 2}, "trainer": {"default_local_dir": str(tmp_path / "run")}})
+    trainer = Trainer(recipe, resume=False)
+    trainer.setup()
+    try:
+        rollout = Rollout(prompt_ids=[[1, 5, 6, 7]] * 2, response_ids=[[4, 5, 6], [7, 8]], finished=[True, True])
+        used = []
+        monkeypatch.setattr(Trainer, "_logit_chunks", lambda self, *a, f=Trainer._logit_chunks: used.append("kv") or f(self, *a))
+        with torch.no_grad():
+            rows, _, mask = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+            assert used == []  # row of 4 + 2 + 1 tokens: one group row
+            monkeypatch.setattr(loop, "EAGER_MAX_TOKENS", 6)
+            kv, _, _ = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+            assert used == ["kv"]
+        assert torch.allclose(rows * mask, kv * mask, atol=1e-5)
+    finally:
+        trainer.cleanup()
+
+
 def test_hf_engine_shared_prefill_matches_plain_generation(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -31,6 +31,7 @@ from tunecli.trainer.batching import collate, group_rows, length_buckets, left_p
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.logprobs import token_logprobs_and_entropy
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, now
+from tunecli.trainer.policy import EAGER_MAX_TOKENS
 from tunecli.trainer.rewards import resolve_reward
 from tunecli.trainer.rollout import Rollout, SamplingSettings, make_engine
 
@@ -444,7 +445,10 @@ class Trainer:
         """Token log-probs (and entropy) of the responses of ``indices``: ([m, R], [m, R] | None, mask [m, R])."""
         temperature = self.recipe.rollout.temperature
         if self.share_prompts and _takes_custom_masks(model):
-            return self._forward_group_rows(model, rollout, indices, entropy=entropy, entropy_grad=entropy_grad)
+            groups, row_lengths = self._group_layout(rollout, indices)
+            # Eager attention keeps a [heads, L, L] score matrix per layer: long rows take the KV path.
+            if model.config._attn_implementation != "eager" or max(row_lengths) <= EAGER_MAX_TOKENS:
+                return self._forward_group_rows(model, rollout, indices, groups, row_lengths, entropy=entropy, entropy_grad=entropy_grad)
         logps, ents, rows = [], [], []
         for chunk in self._logit_chunks(model, rollout, indices):
             # Of the distribution that was sampled (logits / temperature, as verl does); in fp32 blocks:
@@ -463,16 +467,8 @@ class Trainer:
         ent = _stack_padded(ents, mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
         return logp, ent, mask
 
-    def _forward_group_rows(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool):
-        """``_forward`` with a row per group: its prompt once, then its responses side by side.
-
-        The n samples of a group share their prompt (most of the tokens in short-answer tasks), so
-        it runs once; a 4D attention mask keeps the responses apart (``batching.GroupRows``). Rows of
-        similar length run together (``length_buckets``): usually one pass for the whole micro-batch
-        instead of a prompt pass plus one per length bucket of responses, with more rows per matmul.
-        Same values as ``_logits_full`` up to float rounding.
-        """
-        device = self.dist.device
+    def _group_layout(self, rollout: Rollout, indices: list[int]) -> tuple[list[list[int]], list[int]]:
+        """The groups of ``indices`` (lists of positions in it) and the length of each one's row."""
         n = self.recipe.rollout.n
         members: dict[int, list[int]] = {}  # group -> positions in ``indices``
         for k, i in enumerate(indices):
@@ -482,6 +478,19 @@ class Trainer:
             len(rollout.prompt_ids[indices[ks[0]]]) + sum(max(len(rollout.response_ids[indices[k]]) - 1, 0) for k in ks)
             for ks in groups
         ]
+        return groups, row_lengths
+
+    def _forward_group_rows(self, model, rollout: Rollout, indices: list[int], groups: list[list[int]],
+                            row_lengths: list[int], *, entropy: bool, entropy_grad: bool):
+        """``_forward`` with a row per group: its prompt once, then its responses side by side.
+
+        The n samples of a group share their prompt (most of the tokens in short-answer tasks), so
+        it runs once; a 4D attention mask keeps the responses apart (``batching.GroupRows``). Rows of
+        similar length run together (``length_buckets``): usually one pass for the whole micro-batch
+        instead of a prompt pass plus one per length bucket of responses, with more rows per matmul.
+        Same values as ``_logits_full`` up to float rounding.
+        """
+        device = self.dist.device
         logps, ents, rows = [], [], []
         for bucket in length_buckets(row_lengths):
             positions = [k for g in bucket for k in groups[g]]
