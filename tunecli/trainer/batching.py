@@ -133,15 +133,24 @@ class GroupRows:
         return flat[self.gather_index.to(flat.device)]
 
 
-def group_rows(prompts: list[list[int]], responses: list[list[int]], groups: list[int], pad_id: int) -> GroupRows:
-    """Lay samples out as ``GroupRows``; samples with the same ``groups`` value share a prompt."""
+def group_members(groups: list[int]) -> list[list[int]]:
+    """Positions sharing a ``groups`` value, in order of first appearance: one list per group row."""
     members: dict[int, list[int]] = {}
     for k, g in enumerate(groups):
         members.setdefault(g, []).append(k)
-    rows = list(members.values())
+    return list(members.values())
+
+
+def group_row_length(prompts: list[list[int]], responses: list[list[int]], members: list[int]) -> int:
+    """Tokens of one group's row: its prompt, then every response but its last token."""
+    return len(prompts[members[0]]) + sum(max(len(responses[k]) - 1, 0) for k in members)
+
+
+def group_rows(prompts: list[list[int]], responses: list[list[int]], groups: list[int], pad_id: int) -> GroupRows:
+    """Lay samples out as ``GroupRows``; samples with the same ``groups`` value share a prompt."""
+    rows = group_members(groups)
     width = max(len(prompts[ks[0]]) for ks in rows)  # P
-    inputs = [sum(max(len(responses[k]) - 1, 0) for k in ks) for ks in rows]  # response inputs per row
-    length = width + max(inputs)  # L
+    length = width + max(group_row_length(prompts, responses, ks) - len(prompts[ks[0]]) for ks in rows)  # L
     per_row = max(len(ks) for ks in rows)  # S
     n_rows, n_samples = len(rows), len(prompts)
     ids = torch.full((n_rows, length), pad_id, dtype=torch.long)

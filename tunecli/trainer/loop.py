@@ -27,7 +27,9 @@ from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.recipe.io import dump_recipe
 from tunecli.recipe.schema import Recipe
 from tunecli.trainer import checkpoint, distributed, grpo
-from tunecli.trainer.batching import collate, group_rows, length_buckets, left_pad, pack_by_tokens, pad_rows, right_pad
+from tunecli.trainer.batching import (
+    collate, group_members, group_row_length, group_rows, length_buckets, left_pad, pack_by_tokens, pad_rows, right_pad,
+)
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.logprobs import token_logprobs_and_entropy
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, now
@@ -443,46 +445,39 @@ class Trainer:
 
     def _forward(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool = False):
         """Token log-probs (and entropy) of the responses of ``indices``: ([m, R], [m, R] | None, mask [m, R])."""
-        temperature = self.recipe.rollout.temperature
         if self.share_prompts and _takes_custom_masks(model):
-            groups, row_lengths = self._group_layout(rollout, indices)
+            groups = group_members([i // self.recipe.rollout.n for i in indices])
+            prompts = [rollout.prompt_ids[i] for i in indices]
+            responses = [rollout.response_ids[i] for i in indices]
+            row_lengths = [group_row_length(prompts, responses, ks) for ks in groups]
             # Eager attention keeps a [heads, L, L] score matrix per layer: long rows take the KV path.
             if model.config._attn_implementation != "eager" or max(row_lengths) <= EAGER_MAX_TOKENS:
-                return self._forward_group_rows(model, rollout, indices, groups, row_lengths, entropy=entropy, entropy_grad=entropy_grad)
-        logps, ents, rows = [], [], []
+                parts = self._forward_group_rows(model, rollout, indices, groups, row_lengths, entropy, entropy_grad)
+                return self._in_order(rollout, indices, parts, entropy)
+        parts = []
         for chunk in self._logit_chunks(model, rollout, indices):
             # Of the distribution that was sampled (logits / temperature, as verl does); in fp32 blocks:
             # bf16 logits are fine, bf16 log-probs are not.
             logp, ent = token_logprobs_and_entropy(
-                chunk.logits, chunk.targets, temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
+                chunk.logits, chunk.targets, temperature=self.recipe.rollout.temperature,
+                entropy=entropy, entropy_grad=entropy_grad,
             )  # [b, R_b], [b, R_b] | None
-            logps.append(logp)
-            if entropy:
-                ents.append(ent)
-            rows += chunk.rows
+            parts.append((chunk.rows, logp, ent))
+        return self._in_order(rollout, indices, parts, entropy)
+
+    def _in_order(self, rollout: Rollout, indices: list[int], parts, entropy: bool):
+        """(positions in ``indices``, log-probs [b, R_b], entropies | None) per pass -> ``_forward``'s result."""
         _, mask = right_pad([rollout.response_ids[i] for i in indices], self.pad_id)  # [m, R]
         mask = mask.to(self.dist.device)
-        order = torch.tensor(rows).argsort().to(self.dist.device)  # chunk order -> the order of ``indices``
-        logp = _stack_padded(logps, mask.shape[1]).index_select(0, order)  # [m, R]
-        ent = _stack_padded(ents, mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
+        rows = [k for positions, _, _ in parts for k in positions]
+        order = torch.tensor(rows).argsort().to(self.dist.device)  # pass order -> the order of ``indices``
+        logp = _stack_padded([p[1] for p in parts], mask.shape[1]).index_select(0, order)  # [m, R]
+        ent = _stack_padded([p[2] for p in parts], mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
         return logp, ent, mask
 
-    def _group_layout(self, rollout: Rollout, indices: list[int]) -> tuple[list[list[int]], list[int]]:
-        """The groups of ``indices`` (lists of positions in it) and the length of each one's row."""
-        n = self.recipe.rollout.n
-        members: dict[int, list[int]] = {}  # group -> positions in ``indices``
-        for k, i in enumerate(indices):
-            members.setdefault(i // n, []).append(k)
-        groups = list(members.values())
-        row_lengths = [
-            len(rollout.prompt_ids[indices[ks[0]]]) + sum(max(len(rollout.response_ids[indices[k]]) - 1, 0) for k in ks)
-            for ks in groups
-        ]
-        return groups, row_lengths
-
     def _forward_group_rows(self, model, rollout: Rollout, indices: list[int], groups: list[list[int]],
-                            row_lengths: list[int], *, entropy: bool, entropy_grad: bool):
-        """``_forward`` with a row per group: its prompt once, then its responses side by side.
+                            row_lengths: list[int], entropy: bool, entropy_grad: bool):
+        """``_forward``'s passes with a row per group: its prompt once, then its responses side by side.
 
         The n samples of a group share their prompt (most of the tokens in short-answer tasks), so
         it runs once; a 4D attention mask keeps the responses apart (``batching.GroupRows``). Rows of
@@ -490,20 +485,12 @@ class Trainer:
         instead of a prompt pass plus one per length bucket of responses, with more rows per matmul.
         Same values as ``_logits_full`` up to float rounding.
         """
-        device = self.dist.device
-        logps, ents, rows = [], [], []
+        parts = []
         for bucket in length_buckets(row_lengths):
             positions = [k for g in bucket for k in groups[g]]
             logp, ent = self._group_rows_pass(model, rollout, [indices[k] for k in positions], entropy, entropy_grad)
-            logps.append(logp)
-            ents.append(ent)
-            rows += positions
-        _, mask = right_pad([rollout.response_ids[i] for i in indices], self.pad_id)  # [m, R]
-        mask = mask.to(device)
-        order = torch.tensor(rows).argsort().to(device)  # bucket order -> the order of ``indices``
-        logp = _stack_padded(logps, mask.shape[1]).index_select(0, order)  # [m, R]
-        ent = _stack_padded(ents, mask.shape[1]).index_select(0, order) if entropy else None  # [m, R]
-        return logp, ent, mask
+            parts.append((positions, logp, ent))
+        return parts
 
     def _group_rows_pass(self, model, rollout: Rollout, indices: list[int], entropy: bool, entropy_grad: bool):
         """One forward pass over ``GroupRows``: per-token log-probs (and entropies) [m, R] in ``indices`` order."""

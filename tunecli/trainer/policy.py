@@ -154,7 +154,7 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
         return p is not None and not p.requires_grad and p.is_floating_point() and p.dtype != dtype
 
     own = {id(p): p for m in linears for p in m.parameters(recurse=False) if frozen(p) and p not in other}
-    originals = {key: p.data for key, p in own.items()}
+    originals = [(p, p.data) for p in own.values()]
     tied: list[tuple[torch.nn.Linear, torch.nn.Parameter]] = []
     copies: dict[int, torch.nn.Parameter] = {}
     for m in linears:
@@ -169,7 +169,7 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
     try:
         yield
     finally:
-        for key, p in own.items():
-            p.data = originals[key]
+        for p, data in originals:
+            p.data = data
         for m, weight in tied:
             m.weight = weight

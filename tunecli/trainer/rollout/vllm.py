@@ -209,18 +209,18 @@ class VLLMEngine:
             lora_request=self._lora_request,
             use_tqdm=False,
         )
-        prompt_ids, response_ids, logprobs, finished = [], [], [], []
+        prompt_ids, response_ids, finished = [], [], []
+        logprobs: list[list[float]] | None = [] if sampling.logprobs else None
         for prompt, out in zip(prompts, outputs, strict=True):
             for sample in sorted(out.outputs, key=lambda c: c.index):
                 ids = list(sample.token_ids)
                 prompt_ids.append(list(prompt))
                 response_ids.append(ids)
-                if sampling.logprobs:
+                if logprobs is not None:
                     logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs or [], ids)])
                 # "stop": EOS (kept as the last token) or a stop token; "length": hit max_new_tokens
                 finished.append(sample.finish_reason == "stop")
-        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished,
-                       logprobs=logprobs if sampling.logprobs else None)
+        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished, logprobs=logprobs)
 
     # -- weight sync ------------------------------------------------------------------------
 
