@@ -96,7 +96,7 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from tunecli.trainer.embedded import embedded_model_dir
-    from tunecli.trainer.rewards.builtin import arithmetic
+    from tunecli.rewards.builtin import arithmetic
 
     model_dir = str(embedded_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -183,7 +183,7 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
 
 def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path, compiled: bool = False) -> dict:
     """The recipe dict for `tune train`: Recipe defaults + the benchmark's settings."""
-    from tunecli.recipe.io import dump_recipe, recipe_from_dict
+    from tunecli.config.io import dump_recipe, recipe_from_dict
 
     batch = cfg.prompts * cfg.samples
     overrides = [

@@ -206,7 +206,7 @@ def rate_steps(
 
 def recipe_of_run(run_dir: Path):
     """The exact config of a finished run (saved with its last checkpoint)."""
-    from tunecli.recipe.io import load_recipe
+    from tunecli.config.io import load_recipe
 
     configs = sorted(Path(run_dir).glob("checkpoints/step_*/config.yaml"), key=lambda p: int(p.parent.name[5:]))
     beside = Path(run_dir).with_suffix(".yaml")  # compare_trl.py keeps RUN_DIR.yaml next to a stopped run

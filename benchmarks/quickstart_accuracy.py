@@ -63,7 +63,7 @@ def main() -> int:
 
     import yaml
 
-    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.config.io import recipe_from_dict
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data = yaml.safe_load(Path(args.config).read_text()) if args.config else quickstart_recipe_dict()

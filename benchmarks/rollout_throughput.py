@@ -88,7 +88,7 @@ def hf_engine(trainer, batches) -> tuple[float, int]:
 
 
 def run_mode(args, overrides: list[str], label: str) -> list[tuple]:
-    from tunecli.recipe.io import load_recipe, recipe_from_dict
+    from tunecli.config.io import load_recipe, recipe_from_dict
     from tunecli.trainer.loop import Trainer
     from tunecli.trainer.rollout.base import SamplingSettings
 

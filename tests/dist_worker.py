@@ -36,6 +36,22 @@ def global_batch(vocab: int, n_groups: int = 4, group_size: int = 2) -> tuple[to
     return seq, mask
 
 
+
+def full_state_dict(model: torch.nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors on every rank (a collective when the model is sharded)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if D.is_sharded(model):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=False, ignore_frozen_params=trainable_only)
+        sd = get_model_state_dict(model, options=options)
+    else:
+        sd = model.state_dict()
+    if trainable_only:
+        # Same keys either way (DCP keeps a tied frozen lm_head that named_parameters() drops).
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k in names}
+    return {k: v.detach() for k, v in sd.items()}
+
 def train_variant(model_dir: str, info: D.DistInfo, *, lora: bool, checkpointing: bool, steps: int) -> tuple[dict, dict]:
     """Train one model variant; returns (results, full trained weights) on every rank."""
     torch.manual_seed(0)
@@ -79,7 +95,7 @@ def train_variant(model_dir: str, info: D.DistInfo, *, lora: bool, checkpointing
     # After generate, training must still work (params resharded, hooks intact).
     model(input_ids=seq, attention_mask=mask).logits.sum().backward()
 
-    state = D.full_state_dict(model, trainable_only=lora)
+    state = full_state_dict(model, trainable_only=lora)
     results = {"losses": losses, "gen": gen_before.tolist() + gen.tolist(), "sharded": D.is_sharded(model)}
     return results, {k: v.detach().cpu().clone() for k, v in state.items()}
 

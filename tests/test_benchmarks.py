@@ -113,7 +113,7 @@ def test_run_child_sees_the_child_memory(tmp_path):
 
 def test_bench_recipe_is_valid_and_feeds_the_same_prompts_as_trl(tmp_path):
     """tunecli's own data pipeline, on the benchmark recipe, yields the prompts TRL gets, step by step."""
-    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.config.io import recipe_from_dict
     from tunecli.trainer.data import PromptSampler, load_splits
 
     cfg = compare_trl.BenchConfig(prompts=2, samples=3, max_new_tokens=8, steps=2, warmup=1)

@@ -6,8 +6,8 @@ import pytest
 
 from tunecli.catalog import load_catalog, model_shape
 from tunecli.errors import TuneError
-from tunecli.recipe.checks import check_recipe
-from tunecli.recipe.defaults import Choices, build_recipe
+from tunecli.authoring.checks import check_recipe
+from tunecli.authoring.defaults import Choices, build_recipe
 
 CAT = load_catalog()
 

@@ -11,8 +11,8 @@ import yaml
 
 from recipe_testutil import files_in, flat, tune, tune_subprocess
 
-from tunecli.recipe.io import load_recipe
-from tunecli.recipe.render import read_script_header, yaml_hash
+from tunecli.config.io import load_recipe
+from tunecli.config.header import read_script_header, yaml_hash
 
 
 def test_flags_write_both_files(tmp_path):

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from tunecli.errors import TuneError
-from tunecli.recipe.schema import DataConfig
+from tunecli.config.schema import DataConfig
 from tunecli.trainer.data import PromptSampler, load_splits, render_prompts
 from tunecli.trainer.data.synthetic import generate_splits
-from tunecli.trainer.rewards import resolve_reward
+from tunecli.rewards import load_reward
 
 
 @pytest.mark.parametrize("name", ["arithmetic", "countdown"])
@@ -24,7 +24,7 @@ def test_synthetic_is_seeded_heldout_and_solvable(name, difficulty):
     assert [e.prompt for e in val] == [e.prompt for e in val_other]  # held-out does not move with the seed
     assert not {e.prompt for e in val} & {e.prompt for e in train}
     assert len({e.prompt for e in val}) == len(val) == 32
-    reward = resolve_reward(name)
+    reward = load_reward(name)
     for ex in val[:10]:
         if name == "arithmetic":
             assert reward(ex.prompt, f"The answer is {ex.ground_truth}", ex.ground_truth) == 1.0

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tunecli.trainer import grpo
+from tunecli.algorithms import grpo
 
 T = torch.tensor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunecli.trainer import grpo
+from tunecli.algorithms import grpo
 from tunecli.trainer.logprobs import BLOCK_ROWS, token_logprobs_and_entropy
 
 

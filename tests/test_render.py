@@ -12,16 +12,11 @@ import pytest
 import yaml
 
 from tunecli import __version__
-from tunecli.recipe.defaults import Choices, build_recipe
-from tunecli.recipe.io import dump_recipe, load_recipe
-from tunecli.recipe.render import (
-    read_script_header,
-    render,
-    replace_header_hash,
-    write_files,
-    yaml_hash,
-)
-from tunecli.recipe.schema import Recipe
+from tunecli.authoring.defaults import Choices, build_recipe
+from tunecli.config.io import dump_recipe, load_recipe
+from tunecli.authoring.render import render, write_files
+from tunecli.config.header import read_script_header, replace_header_hash, yaml_hash
+from tunecli.config.schema import Recipe
 
 
 def _write(tmp_path: Path, **choices):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from tunecli.cli import app
 from tunecli.launch import hardware
 from tunecli.launch.hardware import Gpu, Machine
-from tunecli.recipe.io import dump_recipe
+from tunecli.config.io import dump_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from torchrun_helpers import free_port, read_metrics, run, small_recipe, tune_cmd, worker_env, write_recipe  # noqa: E402

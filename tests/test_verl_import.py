@@ -10,9 +10,9 @@ import pytest
 from recipe_testutil import files_in, flat, tune
 
 from tunecli.errors import TuneError
-from tunecli.recipe.defaults import build_recipe
-from tunecli.recipe.io import dump_recipe, load_recipe
-from tunecli.recipe.verl_import import Evaluator, import_verl_script, parse_statements, read_overrides
+from tunecli.authoring.defaults import build_recipe
+from tunecli.config.io import dump_recipe, load_recipe
+from tunecli.importers.verl.importer import Evaluator, import_verl_script, parse_statements, read_overrides
 
 CARDS = Path(__file__).parent / "data" / "verl"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tunecli.recipe.defaults import Choices, build_recipe
-from tunecli.recipe.io import load_recipe
-from tunecli.recipe.render import render, write_files
+from tunecli.authoring.defaults import Choices, build_recipe
+from tunecli.config.io import load_recipe
+from tunecli.authoring.render import render, write_files
 
 LORA = dict(method="lora", rank=32, alpha=32, lr=3e-5, prompt=512, response=1024, n=5, kl=0.001, entropy=0.001,
             save=20, test=5, epochs=1, max_model_len=1536, shuffle=False)

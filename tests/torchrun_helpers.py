@@ -60,7 +60,7 @@ def small_recipe(model_dir: Path | str, name: str = "small", **sections: dict) -
     number. Every group is then tied (zero advantage); the entropy bonus and the KL term still move
     the adapter, through the same normalisation path as the policy-gradient term.
     """
-    from tunecli.recipe.io import recipe_from_dict
+    from tunecli.config.io import recipe_from_dict
 
     data = {
         "name": name,
@@ -79,7 +79,7 @@ def small_recipe(model_dir: Path | str, name: str = "small", **sections: dict) -
 
 def write_recipe(recipe, out_dir: Path) -> tuple[Path, Path]:
     """NAME.yaml + NAME.sh exactly as `tune new` writes them."""
-    from tunecli.recipe import render
+    from tunecli.authoring import render
 
     return render.write_files(render.render(recipe, out_dir=out_dir), out_dir)
 

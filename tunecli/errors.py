@@ -26,3 +26,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean X?)' suffix, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def field_error(field: str, value: object, problem: str, fix: str) -> TuneError:
+    """The one shape of a refusal: ``field = value: problem. Fix: fix``."""
+    return TuneError(f"{field} = {value!r}: {problem}. Fix: {fix}", field=field)

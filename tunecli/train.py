@@ -1,15 +1,20 @@
-"""``python -m tunecli.train --config NAME.yaml [section.key=value ...]``: the trainer's process entry.
+"""``python -m tunecli.train --config NAME.yaml [section.key=value ...]``: the trainer's one entry point.
 
-This is what torchrun starts once per rank (``tune run``); ``tune train`` calls the same function
-in-process. Exit codes: 0 done, 1 user error (one paragraph, no traceback), 130 interrupted.
+This is what torchrun starts once per rank (``tune run``); ``tune train`` calls ``train`` in its own
+process. Exit codes: 0 done, 1 user error (one paragraph, no traceback), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import shlex
 import sys
 
+from tunecli import console
+from tunecli.config.io import load_recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 
 
@@ -21,28 +26,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from tunecli.recipe.io import load_recipe
+def train(config: str, overrides: list[str], *, no_resume: bool = False, command: list[str]) -> int:
+    """Load the recipe, train it in this process, and return the exit code (1 for a user error).
 
+    ``command`` is how the user started this run; an interrupted run tells them to type it again.
+    """
     try:
-        recipe = load_recipe(args.config, args.overrides)
-        from tunecli.trainer.loop import run_training
+        recipe = load_recipe(config, overrides)
+        if recipe.launch.world_size > 1 and "WORLD_SIZE" not in os.environ:
+            console.warning(
+                f"The recipe asks for {recipe.launch.world_size} processes; this runs one. "
+                "Use `tune run NAME.sh` to start them all."
+            )
+        from tunecli.trainer.loop import run_training  # torch and transformers: only for a real run
 
-        hint = "`" + shlex.join(["python", "-m", "tunecli.train", *(argv if argv is not None else sys.argv[1:])]) + "`"
-        return run_training(recipe, resume=False if args.no_resume else None, resume_hint=_resume_hint(hint))
+        hint = resume_hint("`" + shlex.join([c for c in command if c != "--no-resume"]) + "`")
+        return run_training(recipe, resume=False if no_resume else None, resume_hint=hint)
     except TuneError as e:
-        from tunecli.cli import console
-
         console.error(str(e))
         return 1
 
 
-def _resume_hint(default: str) -> str:
-    import os
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = ["python", "-m", "tunecli.train", *(argv if argv is not None else sys.argv[1:])]
+    return train(args.config, args.overrides, no_resume=args.no_resume, command=command)
 
+
+def resume_hint(default: str) -> str:
     # `tune run` names its own command here, so an interrupted torchrun job says `tune run NAME.sh`.
-    return os.environ.get("TUNECLI_RESUME_HINT") or default.replace(" --no-resume", "")
+    return os.environ.get("TUNECLI_RESUME_HINT") or default
 
 
 def report_status(code: int) -> int:
@@ -52,9 +65,6 @@ def report_status(code: int) -> int:
     So a torchrun job that stopped on request (130) writes 130 to the status file and exits 0,
     which lets torchrun shut down normally and ``tune run`` report 130 itself.
     """
-    import json
-    import os
-
     path = os.environ.get("TUNECLI_STATUS_FILE")
     if not path:
         return code
@@ -73,9 +83,6 @@ def exit_worker(code: int) -> None:
     still be unwound during teardown, which aborts the process (SIGABRT, "terminate called without
     an active exception") and turns a finished run into a failed one.
     """
-    import logging
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         sys.exit(code)
     logging.shutdown()

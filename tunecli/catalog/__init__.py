@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunecli.errors import TuneError, did_you_mean
+from tunecli.rewards import reward_menu
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -267,7 +268,7 @@ def load_catalog() -> Catalog:
             engines=_read("engines"),
             strategies=_read("strategies"),
             datasets=_read("datasets"),
-            rewards=_read("rewards"),
+            rewards=[RewardEntry(name=n, description=d) for n, d in reward_menu()],
             presets=_load_presets(),
         )
     except (ValidationError, ValueError, OSError) as e:  # a packaging bug, not a user error

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from tunecli import __version__
-from tunecli.cli import console
+from tunecli import console
 from tunecli.errors import TuneError
 
 app = typer.Typer(

@@ -9,7 +9,7 @@ import typer
 
 from rich.markup import escape
 
-from tunecli.cli import console
+from tunecli import console
 from tunecli.errors import TuneError, did_you_mean
 
 

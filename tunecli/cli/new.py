@@ -11,7 +11,7 @@ import typer
 
 from rich.markup import escape
 
-from tunecli.cli import console
+from tunecli import console
 from tunecli.errors import TuneError, did_you_mean
 
 EPILOG = (
@@ -27,7 +27,7 @@ EPILOG = (
 def _load_answers(path: Path) -> dict[str, Any]:
     import yaml
 
-    from tunecli.recipe.defaults import Choices
+    from tunecli.authoring.defaults import Choices
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -55,7 +55,7 @@ def _load_answers(path: Path) -> dict[str, Any]:
 
 
 def _yaml_inline(value: Any) -> str:
-    from tunecli.recipe.render import yaml_value
+    from tunecli.authoring.render import yaml_value
 
     return value if isinstance(value, str) else yaml_value(value)
 
@@ -92,7 +92,7 @@ def _preview(recipe, report) -> None:
 
 
 def _from_verl(script: Path) -> tuple[Any, list[str]]:
-    from tunecli.recipe.verl_import import import_verl_script
+    from tunecli.importers.verl.importer import import_verl_script
 
     result = import_verl_script(script)
     if result.unmapped:
@@ -142,9 +142,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _new(opts: dict[str, Any]) -> None:
-    from tunecli.recipe.checks import check_recipe
-    from tunecli.recipe.defaults import Choices, build_recipe
-    from tunecli.recipe.render import render, write_files
+    from tunecli.authoring.checks import check_recipe
+    from tunecli.authoring.defaults import Choices, build_recipe
+    from tunecli.authoring.render import render, write_files
 
     interactive = not opts["yes"]
     if interactive and not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -175,7 +175,7 @@ def _new(opts: dict[str, Any]) -> None:
     choices = flags.merged_over(base)
 
     if interactive:
-        from tunecli.recipe.wizard import Cancelled, run_wizard
+        from tunecli.authoring.wizard import Cancelled, run_wizard
 
         def preview(recipe) -> bool:
             report = check_recipe(recipe)
@@ -209,7 +209,7 @@ def _new(opts: dict[str, Any]) -> None:
     if interactive:
         import questionary
 
-        from tunecli.recipe.wizard import ask
+        from tunecli.authoring.wizard import ask
 
         question = (f"{' and '.join(existing)} exist(s). Overwrite?" if existing and not opts["force"]
                     else f"Write {targets[0]} and {targets[1].name}?")

@@ -7,7 +7,7 @@ import shlex
 import typer
 from rich.markup import escape
 
-from tunecli.cli import console
+from tunecli import console
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 
 EPILOG = (
@@ -85,8 +85,7 @@ def _report_interrupt(target, again: str) -> None:
     """Where the run stopped and the command (`again`, with its overrides) that resumes it."""
     if target.recipe is None:
         return
-    from tunecli.launch.plan import run_dir
-    from tunecli.trainer.checkpoint import latest_checkpoint
+    from tunecli.config.paths import latest_checkpoint, run_dir
 
     ckpt = latest_checkpoint(run_dir(target.recipe))
     if ckpt is not None:

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import typer
 
-from rich.markup import escape
 
-from tunecli.cli import console
+from tunecli import console
 from tunecli.errors import TuneError
 
 
 def _pair(path: Path) -> tuple[Path, Path | None]:
     """(NAME.yaml, NAME.sh or None) for either file."""
-    from tunecli.recipe.render import read_script_header
+    from tunecli.config.header import read_script_header
 
     if not path.exists():
         raise TuneError(f"'{path}' does not exist. Pass a NAME.yaml or NAME.sh written by `tune new`.", field="path")
@@ -31,9 +30,10 @@ def _pair(path: Path) -> tuple[Path, Path | None]:
 
 
 def validate(path: Path, fix_hash: bool) -> bool:
-    from tunecli.recipe.checks import check_recipe
-    from tunecli.recipe.io import load_recipe
-    from tunecli.recipe.render import read_script_header, render, replace_header_hash, yaml_hash
+    from tunecli.authoring.checks import check_recipe
+    from tunecli.config.io import load_recipe
+    from tunecli.authoring.render import render
+    from tunecli.config.header import read_script_header, replace_header_hash, yaml_hash
 
     yaml_path, sh_path = _pair(path)
     recipe = load_recipe(yaml_path)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from tunecli.errors import TuneError
-from tunecli.recipe.schema import Recipe
+from tunecli.config.schema import Recipe
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,12 @@ import yaml
 
 from tunecli import __version__
 from tunecli.errors import TuneError
-from tunecli.recipe.io import dump_recipe, load_recipe
-from tunecli.recipe.schema import Recipe
+from tunecli.authoring.render import render_yaml
+from tunecli.config.header import HEADER_PREFIX, read_script_header, yaml_hash
+from tunecli.config.io import dump_recipe, load_recipe
+from tunecli.config.keys import changed_leaves
+from tunecli.config.paths import latest_checkpoint, run_dir
+from tunecli.config.schema import Recipe
 
 # torchrun waits this long for workers to finish their checkpoint after Ctrl-C (its default, 30 s,
 # is shorter than saving a large model's optimizer state).
@@ -48,29 +52,9 @@ class RunTarget:
         return self.recipe is not None and self.recipe.launch.launcher == "slurm" and self.script is not None
 
 
-def _render_api():
-    # The renderer owns the header format; import it lazily (it pulls in jinja2).
-    from tunecli.recipe import render
-
-    return render
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def value_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """'key: old -> new' for every leaf that differs between two recipe dicts."""
-    a, b = _flatten(before), _flatten(after)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed_leaves(before, after).items()]
 
 
 def _last_run_config(yaml_path: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -79,8 +63,6 @@ def _last_run_config(yaml_path: Path) -> tuple[Path, dict[str, Any]] | None:
         recipe = load_recipe(yaml_path)
     except TuneError:
         return None
-    from tunecli.trainer.checkpoint import latest_checkpoint
-
     ckpt = latest_checkpoint(run_dir(recipe))
     if ckpt is None:
         return None
@@ -108,7 +90,7 @@ def hash_mismatch_error(script: Path, yaml_path: Path, expected: str, actual: st
             else:
                 details.append(f"its values are the same as in the last checkpoint ({ckpt}); only comments or layout changed")
         else:
-            text_now = _render_api().render_yaml(load_recipe(yaml_path))
+            text_now = render_yaml(load_recipe(yaml_path))
             if text_now == yaml_path.read_text():
                 details.append("its values changed (the header keeps only a hash, not the old values: `git diff` shows them if the file is tracked)")
             else:
@@ -129,24 +111,23 @@ def resolve_target(path: str | Path, *, trust: bool = False, overrides: list[str
         raise TuneError(f"'{path}' does not exist. Pass a recipe written by `tune new`: generated/NAME.sh (or its NAME.yaml).", field="recipe")
     if path.is_dir():
         raise TuneError(f"'{path}' is a directory. Pass a recipe file: NAME.sh or NAME.yaml.", field="recipe")
-    render = _render_api()
     warnings: list[str] = []
 
     if path.suffix in YAML_SUFFIXES:
         # A YAML with a rendered script next to it must still match that script's header.
         sibling = path.with_suffix(".sh")
-        header = render.read_script_header(sibling) if sibling.is_file() else None
+        header = read_script_header(sibling) if sibling.is_file() else None
         if header is not None and Path(header.get("yaml", path.name)).name == path.name:
-            actual = render.yaml_hash(path)
+            actual = yaml_hash(path)
             if actual != header["yaml_sha256"]:
                 raise hash_mismatch_error(sibling, path, header["yaml_sha256"], actual)
         return RunTarget(path, None, path, load_recipe(path, overrides), None, warnings)
 
-    header = render.read_script_header(path)
+    header = read_script_header(path)
     if header is None:
         if not trust:
             raise TuneError(
-                f"'{path}' was not written by tunecli: it has no '{render.HEADER_PREFIX}' header line, so "
+                f"'{path}' was not written by tunecli: it has no '{HEADER_PREFIX}' header line, so "
                 "`tune run` will not execute it. Read it first; if you trust it, run it with `tune run --trust "
                 f"{path}`, or write a checked recipe with `tune new`.",
                 field="recipe",
@@ -164,7 +145,7 @@ def resolve_target(path: str | Path, *, trust: bool = False, overrides: list[str
             "folder, or re-render both with `tune new`.",
             field="recipe",
         )
-    actual = render.yaml_hash(yaml_path)
+    actual = yaml_hash(yaml_path)
     if actual != header["yaml_sha256"]:
         raise hash_mismatch_error(path, yaml_path, header["yaml_sha256"], actual)
     if header.get("version") != __version__:
@@ -179,11 +160,6 @@ def resolve_target(path: str | Path, *, trust: bool = False, overrides: list[str
             field=launch_overrides[0].split("=")[0],
         )
     return RunTarget(path, path, yaml_path, recipe, header, warnings)
-
-
-def run_dir(recipe: Recipe) -> Path:
-    """Where the trainer writes (the same rule as the trainer: runs/<experiment_name> under the cwd)."""
-    return Path(recipe.trainer.default_local_dir or Path("runs") / recipe.trainer.experiment_name)
 
 
 def trainer_command(recipe: Recipe, yaml_path: Path, args: list[str], *, python: str | None = None) -> list[str]:

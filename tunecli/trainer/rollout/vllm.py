@@ -25,6 +25,8 @@ would then start away from 1 on the first mini-batch and clip samples the policy
 
 from __future__ import annotations
 
+import gc
+import inspect
 import json
 import logging
 import os
@@ -37,11 +39,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tunecli.config.sizes import kv_cache_bytes_per_token
 from tunecli.trainer.rollout.base import Rollout, SamplingSettings
 from tunecli.trainer.rollout.weights import adapter_state, full_state_items, is_peft, merged_state_items
 
 if TYPE_CHECKING:
-    from tunecli.recipe.schema import Recipe
+    from tunecli.config.schema import Recipe
 
 # Must be set before vllm is imported: the engine core then runs in this process, so
 # collective_rpc calls a function on the live worker (no pickling of weights, no spawn).
@@ -86,8 +89,7 @@ def _kv_cache_bytes_for_cpu(model_path: str, recipe: Recipe, dtype: str) -> int:
     cfg = getattr(cfg, "text_config", cfg)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    elem = 4 if dtype == "float32" else 2
-    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * elem  # K and V, every layer
+    per_token = kv_cache_bytes_per_token(layers=cfg.num_hidden_layers, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype)
     need = recipe.rollout.max_num_seqs * recipe.max_model_len * per_token
     share = int(recipe.rollout.gpu_memory_utilization * psutil.virtual_memory().total)
     floor = 4 * recipe.max_model_len * per_token  # vLLM must fit at least a few whole sequences
@@ -101,8 +103,6 @@ def _load_weights_into_worker(worker, items: Iterator[tuple[str, torch.Tensor]])
     gate_up packing, tied heads) and then redoes the backend's post-load processing (the CPU backend
     repacks weights for its kernels). vLLM releases before that API fall back to ``load_weights``.
     """
-    import inspect
-
     runner = worker.model_runner
     reload = getattr(runner, "reload_weights", None)
     if reload is not None and "weights_iterator" in inspect.signature(reload).parameters:
@@ -306,8 +306,6 @@ class VLLMEngine:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             del llm
-            import gc
-
             gc.collect()
             if self.cuda:
                 torch.cuda.empty_cache()

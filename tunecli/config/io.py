@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunecli.errors import TuneError, did_you_mean
-from tunecli.recipe.schema import Recipe
+from tunecli.config.keys import section_model
+from tunecli.config.schema import Recipe
 
 
 def parse_value(text: str) -> Any:
@@ -57,18 +58,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     "for the valid keys.",
                     field=key,
                 )
-            annotation = fields[part].annotation
+            section = section_model(fields[part].annotation)
             if i == len(parts) - 1:
                 node[part] = parse_value(raw)
             else:
-                if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                if section is None:
                     raise TuneError(
                         f"Config key '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section, "
                         "so it has no sub-keys. Drop the part after it.",
                         field=key,
                     )
                 node = node.setdefault(part, {})
-                model = annotation
+                model = section
     return data
 
 
@@ -94,12 +95,10 @@ def format_validation_error(err: ValidationError, source: str = "recipe") -> Tun
 
 
 def _section_for(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Recipe
+    model: type[BaseModel] | None = Recipe
     for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = section_model(field.annotation) if field is not None else None
     return model
 
 

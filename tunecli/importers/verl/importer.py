@@ -22,8 +22,8 @@ from typing import Any
 
 from tunecli.catalog import load_catalog
 from tunecli.errors import TuneError, did_you_mean
-from tunecli.recipe.defaults import Choices
-from tunecli.recipe.render import yaml_value
+from tunecli.authoring.defaults import Choices
+from tunecli.authoring.render import yaml_value
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
@@ -587,7 +587,7 @@ def _set(sets: dict[str, str], key: str, value: Any) -> None:
 
 
 def _numeric_field(dotted: str) -> bool:
-    from tunecli.recipe.schema import Recipe
+    from tunecli.config.schema import Recipe
 
     section, leaf = dotted.split(".")
     ann = str(Recipe.model_fields[section].annotation.model_fields[leaf].annotation)

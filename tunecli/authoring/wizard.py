@@ -15,8 +15,9 @@ from rich.markup import escape
 
 from tunecli.catalog import load_catalog
 from tunecli.errors import TuneError
-from tunecli.recipe.defaults import TUNABLES, Choices, build_recipe, _get
-from tunecli.recipe.schema import Recipe
+from tunecli.authoring.defaults import TUNABLES, Choices, build_recipe
+from tunecli.config.keys import field_info, get_path
+from tunecli.config.schema import Recipe
 
 SCRATCH = "(scratch)"
 OTHER = "(other: type a path)"
@@ -34,14 +35,7 @@ def ask(question):
 
 
 def _field_help(dotted: str) -> str:
-    from pydantic import BaseModel
-
-    model: type[BaseModel] = Recipe
-    info = None
-    for part in dotted.split("."):
-        info = model.model_fields[part]
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            model = info.annotation
+    info = field_info(Recipe, dotted)
     return (info.description or "") if info else ""
 
 
@@ -55,7 +49,7 @@ def _select(message: str, options: list[tuple[str, str]], default: str | None, i
 
 
 def _valid_name(text: str) -> bool | str:
-    from tunecli.recipe.naming import NAME_RE
+    from tunecli.authoring.naming import NAME_RE
 
     return True if NAME_RE.match(text) else "letters, digits, '.', '_' and '-' only"
 
@@ -105,14 +99,14 @@ def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
 
 
 def _show_tunables(recipe: Recipe, info: Callable[[str], None]) -> None:
-    from tunecli.cli import console
+    from tunecli import console
 
     rows = []
     data = recipe.model_dump(mode="json")
     for key in TUNABLES:
         if key.startswith("model.lora") and recipe.model.method != "lora":
             continue
-        rows.append([key, escape(str(_get(data, key)))])
+        rows.append([key, escape(str(get_path(data, key)))])
     console.table(escape(f"Defaults for {recipe.model.path} on {recipe.launch.hardware}"), ["setting", "value"], rows)
 
 
@@ -127,7 +121,7 @@ def ask_tunables(choices: Choices, recipe: Recipe) -> Choices:
     for key in TUNABLES:
         if key.startswith("model.lora") and recipe.model.method != "lora":
             continue
-        old = str(_get(data, key))
+        old = str(get_path(data, key))
         new = ask(questionary.text(key, default=old, instruction=f"  {_field_help(key)}"))
         if new.strip() != old:
             c.sets = [*c.sets, f"{key}={new.strip()}"]

@@ -33,7 +33,7 @@ def recipe_name(recipe) -> str:
     parts = [
         model_short_name(recipe.model.path),
         algo,
-        str(launch.nnodes * launch.n_gpus_per_node),
+        str(launch.world_size),
         launch.hardware,
         _STRATEGY_IN_NAME.get(launch.strategy, launch.strategy),
         recipe.rollout.name,

@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunecli.catalog import HardwareEntry, ModelEntry
+from tunecli.config.sizes import DTYPE_BYTES, GiB, kv_cache_bytes_per_token
 
-GiB = 2**30
 FILL = 0.5
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 _ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -83,13 +82,12 @@ class MemoryEstimate:
 
 def estimate(recipe, shape: ModelEntry, hw: HardwareEntry) -> MemoryEstimate:
     launch = recipe.launch
-    world = launch.nnodes * launch.n_gpus_per_node
-    shard = world if launch.strategy == "fsdp2" else 1
+    shard = launch.world_size if launch.strategy == "fsdp2" else 1
     budget = hw.memory_bytes()
     if hw.kind == "cpu":
         budget //= launch.n_gpus_per_node  # processes on one machine share its RAM
 
-    wb = _DTYPE_BYTES[recipe.model.dtype]
+    wb = DTYPE_BYTES[recipe.model.dtype]
     params = shape.params
     lora = recipe.model.method == "lora"
     trainable = lora_params(shape, recipe.model.lora_rank, recipe.model.target_modules) if lora else params
@@ -127,7 +125,7 @@ def estimate(recipe, shape: ModelEntry, hw: HardwareEntry) -> MemoryEstimate:
     if rollout.name == "vllm":
         if hw.kind == "cpu":
             engine = int(rollout.gpu_memory_utilization * hw.memory_bytes()) // launch.n_gpus_per_node
-            engine += params * _DTYPE_BYTES[rollout.dtype]
+            engine += params * DTYPE_BYTES[rollout.dtype]
         else:
             engine = int(rollout.gpu_memory_utilization * budget)
     sleep = bool(rollout.enable_sleep_mode and rollout.name == "vllm" and hw.kind == "gpu")
@@ -135,10 +133,11 @@ def estimate(recipe, shape: ModelEntry, hw: HardwareEntry) -> MemoryEstimate:
 
 
 def engine_weights_per_rank(recipe, shape: ModelEntry) -> int:
-    return shape.params * _DTYPE_BYTES[recipe.rollout.dtype] // recipe.rollout.tensor_model_parallel_size
+    return shape.params * DTYPE_BYTES[recipe.rollout.dtype] // recipe.rollout.tensor_model_parallel_size
 
 
 def kv_bytes_per_token(recipe, shape: ModelEntry) -> int:
     """K and V of every layer for one token (bf16), split over the tensor-parallel ranks."""
-    per = 2 * shape.layers * shape.kv_heads * shape.head_size * _DTYPE_BYTES[recipe.rollout.dtype]
+    per = kv_cache_bytes_per_token(layers=shape.layers, kv_heads=shape.kv_heads, head_dim=shape.head_size,
+                                   dtype=recipe.rollout.dtype)
     return per // max(1, min(recipe.rollout.tensor_model_parallel_size, shape.kv_heads))

@@ -24,6 +24,8 @@ Engine = Literal["vllm", "hf"]
 Strategy = Literal["fsdp2", "none"]
 LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLType = Literal["k1", "k2", "k3", "low_var_kl", "kl", "mse"]
+# The model that ships with tunecli (SmolLM2-135M-Instruct): the default, needs no download.
+EMBEDDED_MODEL = "smollm2-135m"
 
 
 class Section(BaseModel):
@@ -34,7 +36,7 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     path: str = Field(
-        "smollm2-135m",
+        EMBEDDED_MODEL,
         description="Model to train: 'smollm2-135m' (embedded, no download), a local HF directory, or a hub id.",
     )
     method: Method = Field("lora", description="'lora' trains a peft adapter; 'full' trains every weight.")

@@ -87,16 +87,8 @@ def countdown(prompt: str, completion: str, ground_truth: str, **extra) -> float
     return 1.0 if abs(value - float(ground_truth)) < 1e-6 else format_score
 
 
-def make_format(pattern: str | None, **_):
-    """1.0 when the completion matches ``pattern`` (re.search, DOTALL)."""
-    if not pattern:
-        from tunecli.errors import TuneError
-
-        raise TuneError(
-            "reward.function is 'format' but reward.format_pattern is empty. Set it to a regex, for example "
-            "reward.format_pattern='<answer>.*</answer>'.",
-            field="reward.format_pattern",
-        )
+def make_format(pattern: str):
+    """1.0 when the completion matches ``pattern`` (re.search, DOTALL); ``spec`` checked the pattern."""
     regex = re.compile(pattern, flags=re.DOTALL)
 
     def format_reward(prompt: str, completion: str, ground_truth: str, **extra) -> float:

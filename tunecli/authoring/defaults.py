@@ -16,11 +16,11 @@ from typing import Any
 
 from tunecli.catalog import PresetEntry, deep_merge, load_catalog, model_shape
 from tunecli.errors import TuneError
-from tunecli.recipe.io import apply_overrides, recipe_from_dict
-from tunecli.recipe.naming import check_name, recipe_name
-from tunecli.recipe.schema import Recipe
+from tunecli.config.keys import get_path, put_path
+from tunecli.config.io import apply_overrides, recipe_from_dict
+from tunecli.authoring.naming import check_name, recipe_name
+from tunecli.config.schema import EMBEDDED_MODEL, Recipe
 
-EMBEDDED = "smollm2-135m"
 
 # What the wizard shows as "defaults chosen for the model size and hardware" (and lets you edit).
 TUNABLES = [
@@ -91,22 +91,6 @@ class Choices:
         return out
 
 
-def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _put(d: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[leaf] = value
-
-
 def model_path_for(choice: str) -> str:
     """A model choice as model.path: catalogue names become hub ids (the embedded one stays an alias)."""
     entry = load_catalog().model_by_path(choice)
@@ -123,7 +107,7 @@ def nearest_preset(params: int, method: str, kind: str) -> PresetEntry:
         hw = cat.find("hardware", p.hardware)
         if hw is None or hw.kind != kind or p.recipe.get("model", {}).get("method", "lora") != method:
             continue
-        shape = cat.model_by_path(p.recipe.get("model", {}).get("path", EMBEDDED))
+        shape = cat.model_by_path(p.recipe.get("model", {}).get("path", EMBEDDED_MODEL))
         if shape is not None:
             pool.append((abs(math.log(shape.params / max(params, 1))), p))
     if not pool:  # e.g. full fine-tuning on a CPU: no such preset; fall back to any of the kind
@@ -141,39 +125,39 @@ def suggest(model: str, hardware: str, method: str, world: int) -> dict[str, Any
     for section, keys in _SHAPE_KEYS.items():
         for k in keys:
             if k in ref.recipe.get(section, {}):
-                _put(out, f"{section}.{k}", copy.deepcopy(ref.recipe[section][k]))
+                put_path(out, f"{section}.{k}", copy.deepcopy(ref.recipe[section][k]))
     _fit_batches(out, ref, world)
     # Tensor parallelism: at most the preset's, dividing both the GPU count and the attention heads.
-    tp_ref = int(_get(out, "rollout.tensor_model_parallel_size", 1))
+    tp_ref = int(get_path(out, "rollout.tensor_model_parallel_size", 1))
     tp = max(d for d in range(1, world + 1) if world % d == 0 and d <= tp_ref and shape.heads % d == 0)
-    _put(out, "rollout.tensor_model_parallel_size", tp)
-    if method == "lora" and not _get(out, "model.lora_rank"):
-        _put(out, "model.lora_rank", 32 if hw.kind == "gpu" else 16)
+    put_path(out, "rollout.tensor_model_parallel_size", tp)
+    if method == "lora" and not get_path(out, "model.lora_rank"):
+        put_path(out, "model.lora_rank", 32 if hw.kind == "gpu" else 16)
     return out
 
 
 def _fit_batches(out: dict[str, Any], ref: PresetEntry, world: int) -> None:
     """Scale the preset's batch to this many processes, keeping its per-process share and its
     updates per step, then make mini- and micro-batches divide evenly (the checks' rules)."""
-    ref_batch = _get(ref.recipe, "data.train_batch_size", 8)
+    ref_batch = get_path(ref.recipe, "data.train_batch_size", 8)
     per_rank = max(1, ref_batch // ref.gpus)
     batch = per_rank * world
-    updates = max(1, ref_batch // _get(ref.recipe, "actor.ppo_mini_batch_size", ref_batch))
+    updates = max(1, ref_batch // get_path(ref.recipe, "actor.ppo_mini_batch_size", ref_batch))
     mini = batch // updates if batch % updates == 0 else batch
-    n = _get(out, "rollout.n", 1)
+    n = get_path(out, "rollout.n", 1)
     if (mini * n) % world:
         mini = batch  # one update per step always splits: batch is a multiple of world
     samples_per_rank = mini * n // world
-    micro = _get(out, "actor.ppo_micro_batch_size_per_gpu", samples_per_rank)
+    micro = get_path(out, "actor.ppo_micro_batch_size_per_gpu", samples_per_rank)
     micro = max(d for d in range(1, samples_per_rank + 1) if samples_per_rank % d == 0 and d <= micro)
-    _put(out, "data.train_batch_size", batch)
-    _put(out, "actor.ppo_mini_batch_size", mini)
-    _put(out, "actor.ppo_micro_batch_size_per_gpu", micro)
+    put_path(out, "data.train_batch_size", batch)
+    put_path(out, "actor.ppo_mini_batch_size", mini)
+    put_path(out, "actor.ppo_micro_batch_size_per_gpu", micro)
 
 
 def _apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> None:
     for k, v in settings.items():
-        _put(data, k, copy.deepcopy(v))
+        put_path(data, k, copy.deepcopy(v))
 
 
 def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
@@ -184,11 +168,11 @@ def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
         train = str(path.resolve()) if path.exists() else dataset
         # A GSM8K file (original jsonl or verl parquet) keeps the gsm8k loader and reward.
         is_gsm8k = "gsm8k" in str(path).lower()
-        _put(data, "data.dataset", "gsm8k" if is_gsm8k else "custom")
-        _put(data, "data.train_files", train)
+        put_path(data, "data.dataset", "gsm8k" if is_gsm8k else "custom")
+        put_path(data, "data.train_files", train)
         test = next((p for p in (path.with_name(f"test{path.suffix}"),) if p != path and p.exists()), None)
         if is_gsm8k and test is not None:
-            _put(data, "data.val_files", str(test.resolve()))
+            put_path(data, "data.val_files", str(test.resolve()))
         return
     entry = cat.get("datasets", dataset, field="--dataset")
     if entry.name == "custom":
@@ -197,12 +181,12 @@ def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
             "(with --set data.prompt_key=... --set data.answer_key=... if the columns differ).",
             field="--dataset",
         )
-    _put(data, "data.dataset", entry.name)
+    put_path(data, "data.dataset", entry.name)
     if entry.kind == "file":
-        if entry.train_files and not _get(data, "data.train_files"):
-            _put(data, "data.train_files", entry.train_files)
-        if entry.val_files and not _get(data, "data.val_files"):
-            _put(data, "data.val_files", entry.val_files)
+        if entry.train_files and not get_path(data, "data.train_files"):
+            put_path(data, "data.train_files", entry.train_files)
+        if entry.val_files and not get_path(data, "data.val_files"):
+            put_path(data, "data.val_files", entry.val_files)
 
 
 def _reward_choice(data: dict[str, Any], reward: str) -> None:
@@ -211,7 +195,7 @@ def _reward_choice(data: dict[str, Any], reward: str) -> None:
         file, func = reward.rsplit(":", 1)
         # Absolute, so NAME.sh works from any directory.
         path = Path(file).expanduser()
-        _put(data, "reward.function", f"{path.resolve()}:{func}" if path.is_file() else reward)
+        put_path(data, "reward.function", f"{path.resolve()}:{func}" if path.is_file() else reward)
         return
     entry = cat.get("rewards", reward, field="--reward")
     if entry.name == "custom":
@@ -220,7 +204,7 @@ def _reward_choice(data: dict[str, Any], reward: str) -> None:
             "--reward rewards.py:my_reward (signature: prompt, completion, ground_truth, **kwargs).",
             field="--reward",
         )
-    _put(data, "reward.function", entry.name)
+    put_path(data, "reward.function", entry.name)
 
 
 def _int_choice(value: Any, flag: str) -> int:
@@ -239,13 +223,13 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
     preset = cat.preset(choices.preset) if choices.preset else None
     base: dict[str, Any] = copy.deepcopy(preset.recipe) if preset else {}
 
-    model = model_path_for(choices.model) if choices.model else _get(base, "model.path", EMBEDDED)
-    hardware = choices.gpu_type or _get(base, "launch.hardware", "cpu")
+    model = model_path_for(choices.model) if choices.model else get_path(base, "model.path", EMBEDDED_MODEL)
+    hardware = choices.gpu_type or get_path(base, "launch.hardware", "cpu")
     hw = cat.get("hardware", hardware, field="--gpu-type")
-    method = choices.method or _get(base, "model.method", "lora")
+    method = choices.method or get_path(base, "model.method", "lora")
     cat.get("methods", method, field="--method")
-    per_node = _int_choice(choices.gpus, "--gpus") if choices.gpus is not None else _get(base, "launch.n_gpus_per_node", 1)
-    nodes = _int_choice(choices.nodes, "--nodes") if choices.nodes is not None else _get(base, "launch.nnodes", 1)
+    per_node = _int_choice(choices.gpus, "--gpus") if choices.gpus is not None else get_path(base, "launch.n_gpus_per_node", 1)
+    nodes = _int_choice(choices.nodes, "--nodes") if choices.nodes is not None else get_path(base, "launch.nnodes", 1)
     world = per_node * nodes
 
     if preset is None:
@@ -253,7 +237,7 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
         _apply_settings(base, cat.get("algorithms", choices.algorithm or "grpo", field="--algorithm").settings)
         _dataset_choice(base, choices.dataset or "arithmetic")
         if not choices.reward:
-            default = cat.get("datasets", _get(base, "data.dataset"), field="--dataset").default_reward
+            default = cat.get("datasets", get_path(base, "data.dataset"), field="--dataset").default_reward
             if default is None:
                 raise TuneError(
                     f"--dataset '{choices.dataset}' is your own file, so tune cannot guess how to score it: pass "
@@ -265,39 +249,39 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
     else:
         # A preset whose model, hardware, method or size is changed gets the size-dependent values
         # for the new shape (its other values, e.g. dataset and run length, stay).
-        preset_shape = (_get(base, "model.path", EMBEDDED), _get(base, "launch.hardware", "cpu"),
-                        _get(base, "model.method", "lora"), preset.gpus)
+        preset_shape = (get_path(base, "model.path", EMBEDDED_MODEL), get_path(base, "launch.hardware", "cpu"),
+                        get_path(base, "model.method", "lora"), preset.gpus)
         if (model, hw.name, method, world) != preset_shape:
             base = deep_merge(base, suggest(model, hardware, method, world))
         if choices.algorithm:
             _apply_settings(base, cat.get("algorithms", choices.algorithm, field="--algorithm").settings)
         if choices.dataset:
             _dataset_choice(base, choices.dataset)
-            entry = cat.find("datasets", _get(base, "data.dataset"))
+            entry = cat.find("datasets", get_path(base, "data.dataset"))
             if not choices.reward and entry is not None and entry.default_reward:
                 _reward_choice(base, entry.default_reward)
     if choices.reward:
         _reward_choice(base, choices.reward)
 
-    _put(base, "model.path", model)
-    if method != _get(base, "model.method"):
+    put_path(base, "model.path", model)
+    if method != get_path(base, "model.method"):
         _apply_settings(base, cat.get("methods", method, field="--method").settings)
-        if method == "lora" and not _get(base, "model.lora_rank"):
-            _put(base, "model.lora_rank", suggest(model, hardware, method, world)["model"]["lora_rank"])
-    _put(base, "model.method", method)
+        if method == "lora" and not get_path(base, "model.lora_rank"):
+            put_path(base, "model.lora_rank", suggest(model, hardware, method, world)["model"]["lora_rank"])
+    put_path(base, "model.method", method)
     if choices.engine:
         cat.get("engines", choices.engine, field="--engine")
-    _put(base, "rollout.name", choices.engine or _get(base, "rollout.name", "vllm"))
+    put_path(base, "rollout.name", choices.engine or get_path(base, "rollout.name", "vllm"))
     # FSDP2 also on one GPU: it is what offloads weights and optimizer state to the CPU.
     strategy = choices.strategy or ("fsdp2" if world > 1 or hw.kind == "gpu" else "none")
     cat.get("strategies", strategy, field="--strategy")
-    _put(base, "launch.strategy", strategy)
-    _put(base, "launch.hardware", hw.name)
-    _put(base, "launch.n_gpus_per_node", per_node)
-    _put(base, "launch.nnodes", nodes)
+    put_path(base, "launch.strategy", strategy)
+    put_path(base, "launch.hardware", hw.name)
+    put_path(base, "launch.n_gpus_per_node", per_node)
+    put_path(base, "launch.nnodes", nodes)
     if choices.launcher:
-        _put(base, "launch.launcher", choices.launcher)
-    _put(base, "trainer.device", "cpu" if hw.kind == "cpu" else "cuda")
+        put_path(base, "launch.launcher", choices.launcher)
+    put_path(base, "trainer.device", "cpu" if hw.kind == "cpu" else "cuda")
 
     # --set last: it may change anything, including the launch section.
     data = apply_overrides(base, choices.sets)
@@ -308,6 +292,6 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
     data["name"] = name
     if not explicit_experiment:
         data["trainer"]["experiment_name"] = name
-    if not any(s.split("=", 1)[0].strip() == "rollout.max_model_len" for s in choices.sets) and _get(base, "rollout.max_model_len") is None:
+    if not any(s.split("=", 1)[0].strip() == "rollout.max_model_len" for s in choices.sets) and get_path(base, "rollout.max_model_len") is None:
         data["rollout"]["max_model_len"] = None  # derived again from the final lengths
     return recipe_from_dict(data, source="recipe"), preset

@@ -1,0 +1,1 @@
+"""Writing recipes: the wizard, defaults, checks, memory estimate, naming and rendering."""

@@ -1,0 +1,1 @@
+"""The recipe config: schema, overrides, key paths and the rules both `tune new` and the trainer apply."""

@@ -1,0 +1,48 @@
+"""Where a recipe's run lives on disk: the run directory and its checkpoints.
+
+One rule for every reader: the trainer writes here, `tune run` looks here for a run to resume,
+`tune export` reads from here. Plain filesystem code (no torch), so the launcher can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tunecli.config.schema import Recipe
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def run_dir(recipe: Recipe) -> Path:
+    """``trainer.default_local_dir``, or ``runs/<experiment_name>`` under the current directory."""
+    return Path(recipe.trainer.default_local_dir or Path("runs") / recipe.trainer.experiment_name)
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return checkpoints_dir(run_dir) / f"step_{step}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N for a ``step_N`` directory, else None."""
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints (their config.yaml is written last), oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None and (p / "config.yaml").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None

@@ -1,0 +1,12 @@
+"""Byte sizes that the memory estimate and the rollout engine must agree on."""
+
+from __future__ import annotations
+
+GiB = 2**30
+# Bytes per element of each dtype name a recipe can hold ("auto" engines load bf16/fp16 checkpoints).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+
+
+def kv_cache_bytes_per_token(*, layers: int, kv_heads: int, head_dim: int, dtype: str) -> int:
+    """K and V of every layer for one token of one sequence."""
+    return 2 * layers * kv_heads * head_dim * DTYPE_BYTES[dtype]

@@ -1,0 +1,1 @@
+"""Reading what other tools wrote (verl launch scripts) into tunecli recipes."""

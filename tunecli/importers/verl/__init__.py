@@ -1,0 +1,1 @@
+"""Import verl launch scripts: read as text, never run."""
