@@ -56,6 +56,7 @@ BAD = [
     ("custom-dataset-word", ["--dataset", "custom"], ["--dataset", "path"]),
     ("format-without-pattern", ["--reward", "format"], ["reward.format_pattern", "needs a pattern"]),
     ("bad-launcher", ["--launcher", "k8s"], ["--launcher", "slurm"]),
+    ("save-freq-0", ["--set", "trainer.save_freq=0"], ["trainer.save_freq", "-1 (only at the end)"]),
     ("rdzv", ["--nodes", "2", "--set", "launch.rdzv_endpoint=a b;c"], ["launch.rdzv_endpoint", "HOST:PORT"]),
 ]
 

@@ -136,14 +136,6 @@ def check_data(ctx: Context) -> Iterator[TuneError]:
                     ctx.warnings.append(msg + "; make sure it exists where the recipe runs.")
 
 
-def check_run_length(ctx: Context) -> Iterator[TuneError]:
-    t = ctx.recipe.trainer
-    for key in ("save_freq", "test_freq"):
-        v = getattr(t, key)
-        if v == 0 or v < -1:
-            yield field_error(f"trainer.{key}", v, "must be -1 (only at the end) or a step count >= 1", f"set trainer.{key}=-1.")
-
-
 def check_reward(ctx: Context) -> Iterator[TuneError]:
     reward = ctx.recipe.reward
     yield from reward_problems(reward.function, reward.format_pattern)
@@ -199,7 +191,7 @@ def check_recipe(recipe: Recipe) -> Report:
         return report
     ctx = Context(recipe, shape, hw, report.warnings)
     for check in (check_batches, check_parallelism, check_lengths, check_method, check_engine, check_data,
-                  check_run_length, check_reward):
+                  check_reward):
         report.errors.extend(check(ctx))
     report.errors.extend(check_memory(ctx, report))
     return report

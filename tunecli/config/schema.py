@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo"]
 Method = Literal["lora", "full"]
@@ -185,6 +185,13 @@ class TrainerConfig(Section):
     max_minutes: float | None = Field(
         None, gt=0, description="Wall-clock budget: no new step starts unless it and the final validation fit."
     )
+
+    @field_validator("save_freq", "test_freq")
+    @classmethod
+    def _every_n_steps(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (only at the end) or a step count >= 1; set it to -1 or a step count")
+        return value
 
 
 class LaunchConfig(Section):

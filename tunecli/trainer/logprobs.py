@@ -7,7 +7,7 @@ log-sum-exp and of the gather each write another [N, L, V] tensor. Here every op
 rows that stays in cache, only the logits (in their own dtype) and one log-sum-exp per row are kept,
 and the backward writes the gradient once: d log p(t) / dx = onehot(t) - p, and
 d H / dx = -p * (log p + H). On this machine's 2 cores: 0.36 s -> 0.06 s for 536 response tokens
-(``benchmarks/logprob_kernel.py``).
+(``python benchmarks/logprob_kernel.py``).
 """
 
 from __future__ import annotations
