@@ -1,11 +1,11 @@
-"""The blocked log-prob/entropy kernel against the plain formulas of grpo.py: values and gradients."""
+"""The blocked log-prob/entropy kernel against the plain formulas of algorithms/core.py: values and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tunecli.algorithms import grpo
+from tunecli.algorithms import core
 from tunecli.trainer.logprobs import BLOCK_ROWS, token_logprobs_and_entropy
 
 
@@ -20,7 +20,7 @@ def test_matches_the_plain_formulas_with_gradients(dtype, temperature):
 
     plain = logits.clone().requires_grad_()
     scaled = plain.float() / temperature
-    logp, ent = grpo.token_logprobs(scaled, targets), grpo.entropy_from_logits(scaled)
+    logp, ent = core.token_logprobs(scaled, targets), core.entropy_from_logits(scaled)
     ((logp * w_logp).sum() + (ent * w_ent).sum()).backward()
 
     blocked = logits.clone().requires_grad_()

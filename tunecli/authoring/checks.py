@@ -44,11 +44,7 @@ class Context:
 
 
 def check_batches(ctx: Context) -> Iterator[TuneError]:
-    r = ctx.recipe
-    yield from batch_problems(r, ctx.world, ctx.warnings)
-    if r.algorithm.name == "rloo" and r.rollout.n < 2:
-        yield field_error("rollout.n", r.rollout.n, "RLOO's leave-one-out baseline needs at least 2 samples per prompt",
-                          "set rollout.n to 4 or more.")
+    yield from batch_problems(ctx.recipe, ctx.world, ctx.warnings)
 
 
 def check_parallelism(ctx: Context) -> Iterator[TuneError]:

@@ -1,4 +1,5 @@
-"""The catalogue: one YAML file per menu in ``data/``, loaded and validated with pydantic.
+"""The catalogue: one YAML file per menu in ``data/``, loaded and validated with pydantic; the
+algorithms and rewards menus come from their registries (``tunecli.algorithms``, ``tunecli.rewards``).
 
 ``tune list``, ``tune new`` and the checks all look names up here; a model name that is not in
 the catalogue is treated as a path or hub id (its shape read from its config.json).
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunecli.algorithms import algorithm_names, get_algorithm
 from tunecli.errors import TuneError, did_you_mean
 from tunecli.rewards import reward_menu
 
@@ -179,6 +181,11 @@ def _resolve_bases(bases: dict[str, dict[str, Any]], name: str, seen: tuple[str,
     return deep_merge(_resolve_bases(bases, parent, (*seen, name)), block) if parent else block
 
 
+def _algorithm_menu() -> list[AlgorithmEntry]:
+    specs = [get_algorithm(name) for name in algorithm_names()]
+    return [AlgorithmEntry(name=s.name, description=s.description, settings=dict(s.defaults)) for s in specs]
+
+
 def _load_presets() -> list[PresetEntry]:
     raw = _read("presets")
     bases = raw.get("bases", {})
@@ -262,7 +269,7 @@ def load_catalog() -> Catalog:
     try:
         return Catalog(
             models=_read("models"),
-            algorithms=_read("algorithms"),
+            algorithms=_algorithm_menu(),
             methods=_read("methods"),
             hardware=_read("hardware"),
             engines=_read("engines"),

@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
     def new(
         preset: str | None = typer.Option(None, "--preset", metavar="NAME", help="Start from a preset (tune list presets)."),
         model: str | None = typer.Option(None, "--model", metavar="MODEL", help="Catalogue model, local HF dir or hub id."),
-        algorithm: str | None = typer.Option(None, "--algorithm", metavar="ALGO", help="grpo, dr_grpo, dapo or rloo."),
+        algorithm: str | None = typer.Option(None, "--algorithm", metavar="ALGO", help="grpo, dapo, gspo ... (`tune list algorithms` shows all)."),
         method: str | None = typer.Option(None, "--method", metavar="METHOD", help="lora or full."),
         gpus: str | None = typer.Option(None, "--gpus", metavar="N", help="GPUs (or CPU processes) per node."),
         gpu_type: str | None = typer.Option(None, "--gpu-type", metavar="GPU", help="cpu, h100, h800, h200, h20, a100-80g ..."),

@@ -7,18 +7,21 @@ process of a recipe written for several).
 
 from __future__ import annotations
 
+from tunecli.algorithms import get_algorithm
 from tunecli.config.schema import Recipe
 from tunecli.errors import TuneError, field_error
 
 
 def batch_problems(recipe: Recipe, world: int, warnings: list[str] | None = None) -> list[TuneError]:
-    """Batch sizes that do not split into whole groups, mini-batches, micro-batches and processes."""
-    problems = _divisibility(recipe, world)
+    """Batch sizes that do not split into whole groups, mini-batches, micro-batches and processes, and
+    the algorithm's own rules (e.g. RLOO's rollout.n >= 2)."""
+    algorithm = get_algorithm(recipe.algorithm.name)
+    problems = _divisibility(recipe, world) + algorithm.problems(recipe)
     if world > 1 and recipe.launch.strategy == "none":
         problems.append(field_error("launch.strategy", "none", f"{world} processes need a sharding strategy (with "
                                     "'none' their gradients would never meet)", "use --strategy fsdp2, or --gpus 1 --nodes 1."))
-    if recipe.rollout.n == 1 and warnings is not None:
-        warnings.append("rollout.n = 1: each GRPO group has one member, so the advantage is the raw reward.")
+    if recipe.rollout.n == 1 and algorithm.grouped and algorithm.min_group_size == 1 and warnings is not None:
+        warnings.append(f"rollout.n = 1: each {algorithm.name} group has one member, so the advantage is the raw reward.")
     return problems
 
 

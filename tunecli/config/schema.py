@@ -18,12 +18,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo"]
+from tunecli.algorithms import (
+    KLType,
+    LossAggMode,
+    algorithm_names,
+    get_algorithm,
+    unknown_algorithm_message,
+)
+
 Method = Literal["lora", "full"]
 Engine = Literal["vllm", "hf"]
 Strategy = Literal["fsdp2", "none"]
-LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLType = Literal["k1", "k2", "k3", "low_var_kl", "kl", "mse"]
 # The model that ships with tunecli (SmolLM2-135M-Instruct): the default, needs no download.
 EMBEDDED_MODEL = "smollm2-135m"
 
@@ -94,13 +99,24 @@ class RewardConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    name: Algorithm = Field("grpo", description="grpo, dr_grpo, dapo or rloo: named settings of one GRPO loss.")
+    name: str = Field(
+        "grpo", description=f"Critic-free algorithm: {', '.join(algorithm_names())} (`tune list algorithms`)."
+    )
     norm_adv_by_std_in_grpo: bool = Field(
         True, description="Divide group advantages by the group std (GRPO); off for Dr. GRPO."
     )
-    filter_groups: bool = Field(
-        False, description="Drop groups whose rewards are all equal (zero advantage) before the update (DAPO)."
+    filter_groups: bool | None = Field(
+        None,
+        description="Drop groups whose rewards are all equal (zero advantage) before the update (DAPO); "
+        "null: the algorithm's default (true for dapo).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in algorithm_names():
+            raise ValueError(unknown_algorithm_message(name))
+        return name
 
 
 class ActorConfig(Section):
@@ -223,6 +239,8 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _fill_derived(self) -> Recipe:
         # Derived defaults live here, once, so the wizard and the trainer can never disagree.
+        if self.algorithm.filter_groups is None:
+            object.__setattr__(self.algorithm, "filter_groups", get_algorithm(self.algorithm.name).filter_groups)
         if self.rollout.max_model_len is None:
             object.__setattr__(
                 self.rollout, "max_model_len", self.data.max_prompt_length + self.data.max_response_length
