@@ -50,6 +50,26 @@ def test_answers_file_and_flags_override_it(tmp_path):
     assert r.actor.lr == pytest.approx(3e-4) and r.trainer.experiment_name == "from-answers"
 
 
+def test_answers_file_out_and_an_explicit_out_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("preset: quickstart\nname: a\nout: from-answers\n")
+    assert tune("new", "--answers", answers, "--yes").exit_code == 0
+    assert files_in(tmp_path / "from-answers") == ["a.sh", "a.yaml"]
+    result = tune("new", "--answers", answers, "--yes", "--out", tmp_path / "flag")
+    assert result.exit_code == 0, result.output
+    assert files_in(tmp_path / "flag") == ["a.sh", "a.yaml"]
+
+
+@pytest.mark.parametrize("line, problem", [("set: 5", "its set: 5"), ("out: 12", "its out: 12")])
+def test_answers_file_with_a_value_of_the_wrong_shape(tmp_path, line, problem):
+    answers = tmp_path / "a.yaml"
+    answers.write_text(f"preset: quickstart\n{line}\n")
+    result = tune("new", "--answers", answers, "--yes", "--out", tmp_path / "o")
+    assert result.exit_code == 1 and problem in flat(result.output) and "Fix:" in flat(result.output)
+    assert files_in(tmp_path / "o") == []
+
+
 def test_answers_file_with_unknown_key(tmp_path):
     answers = tmp_path / "a.yaml"
     answers.write_text("preset: quickstart\nmodle: qwen2.5-7b\n")

@@ -12,7 +12,10 @@ from recipe_testutil import files_in, flat, tune
 from tunecli.errors import TuneError
 from tunecli.authoring.defaults import build_recipe
 from tunecli.config.io import dump_recipe, load_recipe
-from tunecli.importers.verl.importer import Evaluator, import_verl_script, parse_statements, read_overrides
+from tunecli.importers.verl.command import read_overrides
+from tunecli.importers.verl.keys import Mapped, Unmapped, map_verl_override
+from tunecli.importers.verl.script import import_verl_script
+from tunecli.importers.verl.shell import Evaluator, parse_statements
 
 CARDS = Path(__file__).parent / "data" / "verl"
 
@@ -72,11 +75,58 @@ def test_command_substitution_is_never_run():
     assert "rm -rf" in ev.word(stmt[0])  # kept as text
 
 
+def test_unclosed_backquote_inside_double_quotes_is_a_quoting_error(tmp_path):
+    script = tmp_path / "train.sh"
+    script.write_text('python3 -m verl.trainer.main_ppo \\\n  trainer.project_name="run-`date"\n')
+    with pytest.raises(TuneError, match="line 2: unclosed backquote"):
+        import_verl_script(script)
+
+
 def test_script_without_main_ppo_is_refused(tmp_path):
     script = tmp_path / "train.sh"
     script.write_text("torchrun train.py --lr 1e-5\n")
     with pytest.raises(TuneError, match="no `python3 -m verl.trainer.main_ppo"):
         import_verl_script(script)
+
+
+# ---- one key at a time (shared with `tune train KEY=VALUE`) -----------------------------------
+
+@pytest.mark.parametrize("key, value, sets", [
+    ("actor_rollout_ref.actor.optim.lr", "3e-5", {"actor.lr": "3e-5"}),
+    ("trainer.nnodes", "4", {"launch.nnodes": "4"}),
+    ("algorithm.adv_estimator", "drgrpo", {"algorithm.name": "dr_grpo"}),
+    ("actor_rollout_ref.actor.clip_ratio", "0.2", {"actor.clip_ratio_low": "0.2", "actor.clip_ratio_high": "0.2"}),
+    ("actor_rollout_ref.model.target_modules", "[q_proj,v_proj]", {"model.target_modules": ["q_proj", "v_proj"]}),
+])
+def test_mapped_keys(key, value, sets):
+    mapped = map_verl_override(key, value)
+    assert isinstance(mapped, Mapped) and mapped.sets == sets and mapped.dropped is None
+
+
+def test_unmapped_keys_say_why():
+    assert map_verl_override("critic.optim.lr", "1").reason == "GRPO-family algorithms have no critic"  # prefix
+    assert "engine options" in map_verl_override("actor_rollout_ref.rollout.engine_kwargs.vllm.x", "1").reason
+    assert map_verl_override("made.up", "1").reason == "no tunecli equivalent"
+    strategy = map_verl_override("actor_rollout_ref.actor.strategy", "megatron")
+    assert isinstance(strategy, Unmapped) and "FSDP2" in strategy.note
+    files = map_verl_override("data.train_files", "['a.parquet', 'b.parquet']")
+    assert files.sets == {"data.train_files": "a.parquet"} and "kept a.parquet" in files.dropped
+    assert "use_dynamic_bsz" in map_verl_override("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "8").reason
+
+
+def test_an_algorithm_with_a_critic_is_refused():
+    with pytest.raises(TuneError, match="algorithm.adv_estimator=gae needs a critic"):
+        map_verl_override("algorithm.adv_estimator", "gae")
+
+
+def test_global_micro_batch_next_to_per_gpu_is_listed_not_dropped(tmp_path):
+    script = tmp_path / "train_h100.sh"
+    script.write_text("python3 -m verl.trainer.main_ppo actor_rollout_ref.actor.ppo_micro_batch_size=64 \\\n"
+                      "  actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4 data.train_files=/d/gsm8k/train.parquet\n")
+    result = import_verl_script(script)
+    assert "actor.ppo_micro_batch_size_per_gpu=4" in result.choices.sets
+    (u,) = [u for u in result.unmapped if u.key == "actor_rollout_ref.actor.ppo_micro_batch_size"]
+    assert (u.line, u.value) == (1, "64") and "wins" in u.reason
 
 
 # ---- cards -> recipes --------------------------------------------------------------------------

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.markup import escape
 
+from tunecli import console
 from tunecli.catalog import load_catalog
 from tunecli.errors import TuneError
 from tunecli.authoring.defaults import TUNABLES, Choices, build_recipe
@@ -98,9 +100,7 @@ def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     return c
 
 
-def _show_tunables(recipe: Recipe, info: Callable[[str], None]) -> None:
-    from tunecli import console
-
+def _show_tunables(recipe: Recipe) -> None:
     rows = []
     data = recipe.model_dump(mode="json")
     for key in TUNABLES:
@@ -128,8 +128,7 @@ def ask_tunables(choices: Choices, recipe: Recipe) -> Choices:
     return c
 
 
-def run_wizard(choices: Choices, *, preview: Callable[[Recipe], bool], info: Callable[[str], None],
-               ask_start: bool = True) -> Choices:
+def run_wizard(choices: Choices, *, preview: Callable[[Recipe], bool], ask_start: bool = True) -> Choices:
     """Ask until the recipe passes its checks and the user confirms; return the final choices.
 
     ``preview(recipe)`` prints the summary and check results and returns True when the recipe is
@@ -155,14 +154,14 @@ def run_wizard(choices: Choices, *, preview: Callable[[Recipe], bool], info: Cal
                 c = picked
                 break
             except TuneError as e:  # e.g. a model directory without config.json: ask again
-                info(f"[red]error:[/red] {escape(str(e))}")
+                console.error(str(e))
     while True:
-        _show_tunables(recipe, info)
+        _show_tunables(recipe)
         c = ask_tunables(c, recipe)
         try:
             recipe, _ = build_recipe(c)
         except TuneError as e:  # a value the schema refuses: show it and offer the values again
-            info(f"[red]error:[/red] {escape(str(e))}")
+            console.error(str(e))
             c.sets = list(choices.sets)
             continue
         name = ask(questionary.text("Recipe name", default=c.name or recipe.name, validate=_valid_name))
@@ -172,3 +171,14 @@ def run_wizard(choices: Choices, *, preview: Callable[[Recipe], bool], info: Cal
             return c
         if not ask(questionary.confirm("Edit the values and try again?", default=True)):
             raise Cancelled()
+
+
+def confirm_write(paths: tuple[Path, Path], existing: list[Path], *, force: bool) -> bool:
+    """Ask before writing NAME.yaml and NAME.sh (defaulting to no when that overwrites files)."""
+    import questionary
+
+    if existing and not force:
+        question, default = f"{' and '.join(map(str, existing))} exist(s). Overwrite?", False
+    else:
+        question, default = f"Write {paths[0]} and {paths[1].name}?", True
+    return ask(questionary.confirm(question, default=default))

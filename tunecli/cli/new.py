@@ -5,14 +5,20 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
-
 from rich.markup import escape
 
 from tunecli import console
-from tunecli.errors import TuneError, did_you_mean
+from tunecli.errors import TuneError
+
+if TYPE_CHECKING:  # the authoring modules load inside the command, so `tune --help` stays fast
+    from tunecli.authoring.checks import Report
+    from tunecli.authoring.defaults import Choices
+    from tunecli.authoring.new import Checked, NewRequest
+    from tunecli.authoring.render import Rendered
+    from tunecli.config.schema import Recipe
 
 EPILOG = (
     "Examples:\n\n"
@@ -24,43 +30,7 @@ EPILOG = (
 )
 
 
-def _load_answers(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from tunecli.authoring.defaults import Choices
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise TuneError(f"--answers '{path}' cannot be read ({e.strerror}). Give the path of a YAML file.", field="--answers") from None
-    except yaml.YAMLError as e:
-        raise TuneError(f"--answers '{path}' is not valid YAML ({e}). Fix the syntax.", field="--answers") from None
-    if not isinstance(data, dict):
-        raise TuneError(f"--answers '{path}' must be a mapping such as 'preset: quickstart', not a {type(data).__name__}.", field="--answers")
-    keys = [k for k in Choices.keys() if k != "sets"] + ["set", "out"]
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        k = str(key).replace("-", "_")
-        if k not in keys:
-            raise TuneError(f"--answers '{path}': unknown key '{key}'{did_you_mean(k, keys)}. Valid keys: {', '.join(keys)}.",
-                            field="--answers")
-        if k == "set":
-            if isinstance(value, dict):
-                value = [f"{kk}={_yaml_inline(vv)}" for kk, vv in value.items()]
-            elif isinstance(value, str):
-                value = [value]
-            k = "sets"
-        out[k] = value
-    return out
-
-
-def _yaml_inline(value: Any) -> str:
-    from tunecli.authoring.render import yaml_value
-
-    return value if isinstance(value, str) else yaml_value(value)
-
-
-def _preview(recipe, report) -> None:
+def _preview(recipe: Recipe, report: Report) -> None:
     """Summary + memory estimate + check results."""
     rows = [
         ["name", recipe.name],
@@ -91,13 +61,14 @@ def _preview(recipe, report) -> None:
         console.error(str(e))
 
 
-def _from_verl(script: Path) -> tuple[Any, list[str]]:
-    from tunecli.importers.verl.importer import import_verl_script
+def _import_verl(script: Path) -> Choices:
+    """The script's choices; what it sets that has no meaning here is shown as a table."""
+    from rich.table import Table
+
+    from tunecli.importers.verl.script import import_verl_script
 
     result = import_verl_script(script)
     if result.unmapped:
-        from rich.table import Table
-
         table = Table(title=f"Not mapped from {script.name} ({len(result.unmapped)} overrides)", show_lines=True,
                       header_style="bold")
         table.add_column("line", justify="right")
@@ -106,7 +77,57 @@ def _from_verl(script: Path) -> tuple[Any, list[str]]:
         for u in result.unmapped:
             table.add_row(str(u.line), escape(f"{u.key}={u.value}"), escape(u.reason))
         console.out.print(table)
-    return result.choices, result.notes
+    for note in result.notes:
+        console.info(escape(note))
+    return result.choices
+
+
+def _ask_until_checked(choices: Choices, *, ask_start: bool) -> Checked:
+    from tunecli.authoring.checks import check_recipe
+    from tunecli.authoring.new import build_checked
+    from tunecli.authoring.wizard import Cancelled, run_wizard
+
+    def preview(recipe: Recipe) -> bool:
+        report = check_recipe(recipe)
+        _preview(recipe, report)
+        return report.ok
+
+    try:
+        return build_checked(run_wizard(choices, preview=preview, ask_start=ask_start))
+    except Cancelled:
+        raise TuneError("Cancelled: nothing was written.", field=None) from None
+
+
+def _confirm_write(rendered: Rendered, out: Path, *, force: bool) -> None:
+    from tunecli.authoring.new import existing_paths, recipe_paths
+    from tunecli.authoring.wizard import Cancelled, confirm_write
+
+    try:
+        confirmed = confirm_write(recipe_paths(rendered, out), existing_paths(rendered, out), force=force)
+    except Cancelled:
+        confirmed = False
+    if not confirmed:
+        raise TuneError("Cancelled: nothing was written.")
+
+
+def _print_dry_run(rendered: Rendered, out: Path) -> None:
+    from tunecli.authoring.new import recipe_paths
+
+    yaml_path, sh_path = recipe_paths(rendered, out)
+    sys.stdout.write(f"# ---- {yaml_path} ----\n{rendered.yaml_text}")
+    sys.stdout.write(f"# ---- {sh_path} ----\n{rendered.script_text}")
+    console.info("Dry run: nothing was written.")
+
+
+def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path) -> None:
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{escape(str(out))}/[/bold]")
+    tree.add(f"{yaml_path.name}  [dim](config: every field, commented)[/dim]")
+    tree.add(f"{sh_path.name}  [dim](launch script)[/dim]")
+    console.out.print(tree)
+    shown = shlex.quote(str(sh_path))
+    console.success(escape(f"Recipe {name} written. Run it:  bash {shown}   (or: tune run {shown})"))
 
 
 def register(app: typer.Typer) -> None:
@@ -124,7 +145,8 @@ def register(app: typer.Typer) -> None:
         dataset: str | None = typer.Option(None, "--dataset", metavar="DATASET", help="arithmetic, countdown, gsm8k or a file."),
         reward: str | None = typer.Option(None, "--reward", metavar="REWARD", help="Built-in reward or file.py:function."),
         name: str | None = typer.Option(None, "--name", metavar="NAME", help="Recipe name (default: the naming rule)."),
-        out: Path = typer.Option(Path("generated"), "--out", metavar="DIR", help="Output folder."),
+        out: Path | None = typer.Option(None, "--out", metavar="DIR",
+                                        help="Output folder (default: the answers file's out, else generated)."),
         sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Any config field: section.key=value (repeat)."),
         answers: Path | None = typer.Option(None, "--answers", metavar="FILE.yaml", help="YAML file with the answers."),
         launcher: str | None = typer.Option(None, "--launcher", metavar="local|slurm", help="local (torchrun) or slurm (sbatch)."),
@@ -134,100 +156,38 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     ) -> None:
         """Write a recipe: NAME.yaml (commented config) + NAME.sh (launch script)."""
+        from tunecli.authoring.defaults import Choices
+        from tunecli.authoring.new import NewRequest
+
+        request = NewRequest(
+            flags=Choices(preset=preset, model=model, algorithm=algorithm, method=method, gpus=gpus, gpu_type=gpu_type,
+                          nodes=nodes, strategy=strategy, engine=engine, dataset=dataset, reward=reward, name=name,
+                          launcher=launcher, sets=list(sets)),
+            out=out, answers=answers, from_verl=from_verl, interactive=not yes, dry_run=dry_run, force=force,
+        )
         try:
-            _new(locals())
+            _new(request)
         except TuneError as e:
             console.error(str(e))
             raise typer.Exit(1) from None
 
 
-def _new(opts: dict[str, Any]) -> None:
-    from tunecli.authoring.checks import check_recipe
-    from tunecli.authoring.defaults import Choices, build_recipe
-    from tunecli.authoring.render import render, write_files
+def _new(request: NewRequest) -> None:
+    from tunecli.authoring.new import build_checked, refuse_bad_request, render_checked, resolve_choices, write_recipe
 
-    interactive = not opts["yes"]
-    if interactive and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise TuneError(
-            "tune new needs a terminal for its questions, and this one has none (stdin or stdout is not a TTY). "
-            "Pass --yes to use the flags and defaults without prompts, e.g. tune new --preset quickstart --yes.",
-            field="--yes",
-        )
-    if opts["launcher"] not in (None, "local", "slurm"):
-        raise TuneError(f"--launcher '{opts['launcher']}' is not a launcher. Use local (torchrun) or slurm (sbatch).",
-                        field="--launcher")
-
-    base = Choices()
-    out = opts["out"]
-    if opts["from_verl"] is not None:
-        base, notes = _from_verl(opts["from_verl"])
-        for n in notes:
-            console.info(escape(n))
-    if opts["answers"] is not None:
-        loaded = _load_answers(opts["answers"])
-        out = Path(loaded.pop("out")) if "out" in loaded and opts["out"] == Path("generated") else out
-        base = Choices(**loaded).merged_over(base)
-    flags = Choices(
-        **{k: opts[k] for k in ("preset", "model", "algorithm", "method", "gpus", "gpu_type", "nodes", "strategy",
-                                "engine", "dataset", "reward", "name", "launcher")},
-        sets=list(opts["sets"]),
-    )
-    choices = flags.merged_over(base)
-
-    if interactive:
-        from tunecli.authoring.wizard import Cancelled, run_wizard
-
-        def preview(recipe) -> bool:
-            report = check_recipe(recipe)
-            _preview(recipe, report)
-            return report.ok
-
-        try:
-            choices = run_wizard(choices, preview=preview, info=console.info, ask_start=opts["from_verl"] is None)
-            recipe, preset = build_recipe(choices)
-            report = check_recipe(recipe)
-        except Cancelled:
-            raise TuneError("Cancelled: nothing was written.", field=None) from None
+    refuse_bad_request(request, has_terminal=sys.stdin.isatty() and sys.stdout.isatty())
+    imported = _import_verl(request.from_verl) if request.from_verl is not None else None
+    choices, out = resolve_choices(request, imported)
+    if request.interactive:
+        checked = _ask_until_checked(choices, ask_start=request.from_verl is None)
     else:
-        recipe, preset = build_recipe(choices)
-        report = check_recipe(recipe)
-        _preview(recipe, report)
-    if not report.ok:
-        raise TuneError(f"{len(report.errors)} check(s) failed (above); nothing was written.", field=report.errors[0].field)
-
-    rendered = render(recipe, out_dir=out, preset=preset.name if preset else None)
-    if opts["dry_run"]:
-        sys.stdout.write(f"# ---- {out / (recipe.name + '.yaml')} ----\n{rendered.yaml_text}")
-        sys.stdout.write(f"# ---- {out / (recipe.name + '.sh')} ----\n{rendered.script_text}")
-        console.info("Dry run: nothing was written.")
+        checked = build_checked(choices)
+        _preview(checked.recipe, checked.report)
+    rendered = render_checked(checked, out)
+    if request.dry_run:
+        _print_dry_run(rendered, out)
         return
-    targets = [out / f"{recipe.name}.yaml", out / f"{recipe.name}.sh"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not opts["force"] and not interactive:
-        raise TuneError(f"{' and '.join(existing)} already exist(s). Pass --force to overwrite, or --name NEW_NAME.",
-                        field="--name")
-    if interactive:
-        import questionary
-
-        from tunecli.authoring.wizard import ask
-
-        question = (f"{' and '.join(existing)} exist(s). Overwrite?" if existing and not opts["force"]
-                    else f"Write {targets[0]} and {targets[1].name}?")
-        try:
-            if not ask(questionary.confirm(question, default=not existing or opts["force"])):
-                raise TuneError("Cancelled: nothing was written.")
-        except Cancelled:
-            raise TuneError("Cancelled: nothing was written.") from None
-    try:
-        yaml_path, sh_path = write_files(rendered, out)
-    except OSError as e:
-        raise TuneError(f"--out '{out}': cannot write the recipe there ({e.strerror}). Choose a writable folder.",
-                        field="--out") from None
-    from rich.tree import Tree
-
-    tree = Tree(f"[bold]{escape(str(out))}/[/bold]")
-    tree.add(f"{yaml_path.name}  [dim](config: every field, commented)[/dim]")
-    tree.add(f"{sh_path.name}  [dim](launch script)[/dim]")
-    console.out.print(tree)
-    shown = shlex.quote(str(sh_path))
-    console.success(escape(f"Recipe {recipe.name} written. Run it:  bash {shown}   (or: tune run {shown})"))
+    if request.interactive:
+        _confirm_write(rendered, out, force=request.force)
+    yaml_path, sh_path = write_recipe(rendered, out, overwrite=request.force or request.interactive)
+    _print_written(rendered.name, out, yaml_path, sh_path)

@@ -1,0 +1,252 @@
+"""`tune new --from-verl SCRIPT.sh`: read a verl launch script as text and map it onto ``Choices``.
+
+The script is never executed (``shell`` reads it, ``command`` finds the ``main_ppo`` command and
+evaluates its overrides). Each override is mapped onto our schema (``keys``), or listed as unmapped
+with the reason. Inconsistent sources (a variable used but never defined, a variable written
+without its ``$``, arithmetic over something that is not a number) are errors with line numbers,
+all reported together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunecli.authoring.defaults import Choices
+from tunecli.authoring.render import yaml_value
+from tunecli.catalog import Catalog, load_catalog
+from tunecli.errors import TuneError
+from tunecli.importers.verl.command import Override, read_overrides
+from tunecli.importers.verl.keys import (
+    AR, COMBINED, VERL_DEFAULTS, VERL_MAX_TOKENS_PER_GPU, Mapped, Unmapped, as_bool, map_verl_override,
+    takes_number,
+)
+from tunecli.importers.verl.shell import Unknown
+
+# Mapped keys passed as choices rather than --set, so that build_recipe applies what comes with
+# them (the catalogue's model, the algorithm's settings, the engine check, batch sizes per process).
+_AS_CHOICES = {"model.path": "model", "algorithm.name": "algorithm", "rollout.name": "engine"}
+_PROCESS_COUNTS = ("launch.n_gpus_per_node", "launch.nnodes")
+_PER_GPU_MICRO = AR + "actor.ppo_micro_batch_size_per_gpu"
+_GLOBAL_MICRO = AR + "actor.ppo_micro_batch_size"
+_DYNAMIC = AR + "actor.use_dynamic_bsz"
+_MAX_TOKENS = AR + "actor.ppo_max_token_len_per_gpu"
+
+
+@dataclass
+class VerlImport:
+    choices: Choices
+    unmapped: list[Unmapped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Draft:
+    """What the import has gathered so far; problems are collected and reported together."""
+
+    errors: list[str]
+    choices: Choices = field(default_factory=lambda: Choices(strategy="fsdp2", engine="vllm"))
+    sets: dict[str, str] = field(default_factory=lambda: {k: yaml_value(v) for k, v in VERL_DEFAULTS.items()})
+    unmapped: list[Unmapped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    later: dict[str, Override] = field(default_factory=dict)  # COMBINED keys: read once all are seen
+    process_counts: dict[str, Override] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any) -> None:
+        # Strings stay as written: `--set` reads them like Hydra does (3e-5 -> float, True -> bool).
+        self.sets[key] = value if isinstance(value, str) else yaml_value(value)
+
+    def skip(self, o: Override, reason: str) -> None:
+        self.unmapped.append(Unmapped(o.key, o.value, reason, o.line))
+
+
+def _read_script(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise TuneError(f"--from-verl '{path}' cannot be read ({e.strerror}). Give the path of a verl launch script.",
+                        field="--from-verl") from None
+
+
+def _last_of_each(overrides: list[Override]) -> dict[str, Override]:
+    seen: dict[str, Override] = {}
+    for o in overrides:
+        seen[o.key] = o  # Hydra: the last occurrence wins
+    return seen
+
+
+def _missing_dollar(o: Override, shell_vars: dict[str, Any]) -> str | None:
+    """`key=name` where `name` is a shell variable and the key takes a number: a forgotten `$`."""
+    if o.raw is not None and o.raw in shell_vars and takes_number(o.key):
+        return (f"line {o.line}: {o.key}={o.raw} uses the shell variable '{o.raw}' without its '$' "
+                f"(write {o.key}=${{{o.raw}}}).")
+    return None
+
+
+def _map_each(seen: dict[str, Override], shell_vars: dict[str, Any], draft: _Draft, cat: Catalog) -> None:
+    """Map every override on its own; keep those that need the others (COMBINED) for later."""
+    for key, o in seen.items():
+        if isinstance(o.value, Unknown):
+            draft.skip(o, "the value comes from a command the script runs; tune never runs it")
+            continue
+        problem = _missing_dollar(o, shell_vars)
+        if problem:
+            draft.errors.append(problem)
+            continue
+        if key in COMBINED:
+            draft.later[key] = o
+            continue
+        try:
+            mapped = map_verl_override(key, o.value)
+        except TuneError as e:
+            draft.errors.append(f"line {o.line}: {e}")
+            continue
+        if isinstance(mapped, Unmapped):
+            draft.unmapped.append(Unmapped(key, o.value, mapped.reason, o.line))
+            if mapped.note:
+                draft.notes.append(f"line {o.line}: {mapped.note}")
+        else:
+            _apply(mapped, o, draft, cat)
+
+
+def _apply(mapped: Mapped, o: Override, draft: _Draft, cat: Catalog) -> None:
+    for target, value in mapped.sets.items():
+        if target in _PROCESS_COUNTS:
+            draft.process_counts[target] = o  # a number: read with the other count
+        elif target in _AS_CHOICES:
+            if target == "model.path":
+                value = _catalogue_model(value, o.line, draft.notes, cat)
+            setattr(draft.choices, _AS_CHOICES[target], value)
+        else:
+            draft.set(target, value)
+    if mapped.note:
+        draft.notes.append(f"line {o.line}: {mapped.note}")
+    if mapped.dropped:
+        draft.skip(o, mapped.dropped)
+
+
+def _catalogue_model(model: str, line: int, notes: list[str], cat: Catalog) -> str:
+    """A local copy of a catalogue model becomes its hub id (the recipe then runs anywhere)."""
+    entry = cat.model_by_path(model) or (None if Path(model).expanduser().exists() else cat.model_by_basename(model))
+    if entry is None or model in (entry.hf_id, entry.name):
+        return model
+    notes.append(f"line {line}: model '{model}' is the catalogue's {entry.hf_id}; using the hub id "
+                 f"(keep your copy with --set model.path={model}).")
+    return entry.hf_id or entry.name
+
+
+def _whole_number(o: Override | None, default: int, errors: list[str]) -> int:
+    if o is None:
+        return default
+    try:
+        return int(o.value)
+    except ValueError:
+        errors.append(f"line {o.line}: {o.key}={o.value} is not a whole number.")
+        return default
+
+
+def _processes(draft: _Draft) -> int:
+    """Processes per node and nodes as numbers; returns the world size."""
+    c = draft.choices
+    c.gpus = _whole_number(draft.process_counts.get("launch.n_gpus_per_node"), 1, draft.errors)
+    c.nodes = _whole_number(draft.process_counts.get("launch.nnodes"), 1, draft.errors)
+    return c.gpus * c.nodes
+
+
+def _micro_batch_from_global(draft: _Draft, world: int, given: set[str]) -> None:
+    """verl's deprecated global micro-batch count becomes a per-GPU one (unless that is given too)."""
+    o = draft.later.get(_GLOBAL_MICRO)
+    if o is None:
+        return
+    if _PER_GPU_MICRO in given:
+        draft.skip(o, "deprecated in verl (global count); actor.ppo_micro_batch_size_per_gpu is given and wins")
+        return
+    per_gpu = max(1, _whole_number(o, world, draft.errors) // world)
+    draft.sets["actor.ppo_micro_batch_size_per_gpu"] = str(per_gpu)
+    draft.skip(o, f"deprecated in verl (global count): {o.value} / {world} GPUs = "
+                  f"actor.ppo_micro_batch_size_per_gpu {per_gpu}")
+
+
+def _token_budget(draft: _Draft) -> None:
+    """use_dynamic_bsz + ppo_max_token_len_per_gpu: a token budget per micro-batch, or none."""
+    use_dynamic, max_tokens = draft.later.get(_DYNAMIC), draft.later.get(_MAX_TOKENS)
+    if use_dynamic is not None and as_bool(use_dynamic.value):
+        if max_tokens is None:
+            draft.set("actor.ppo_max_token_len_per_gpu", VERL_MAX_TOKENS_PER_GPU)
+            draft.notes.append(f"line {use_dynamic.line}: use_dynamic_bsz without ppo_max_token_len_per_gpu: "
+                               f"verl's default {VERL_MAX_TOKENS_PER_GPU} tokens per GPU.")
+        else:
+            draft.set("actor.ppo_max_token_len_per_gpu", max_tokens.value)
+    elif max_tokens is not None:
+        draft.skip(max_tokens, COMBINED[_MAX_TOKENS])
+    if use_dynamic is not None:
+        draft.skip(use_dynamic, COMBINED[_DYNAMIC])
+
+
+def _method_from_rank(draft: _Draft) -> None:
+    rank = draft.sets.get("model.lora_rank")
+    draft.choices.method = "lora" if rank not in (None, "0") else "full"
+    if draft.choices.method == "full":
+        draft.sets.pop("model.lora_rank", None)
+
+
+def _dataset_and_reward(draft: _Draft) -> None:
+    """The dataset from data.train_files; the reward from custom_reward_function, else the data's."""
+    c = draft.choices
+    train = draft.sets.get("data.train_files", "")
+    c.dataset = "gsm8k" if "gsm8k" in train.lower() else (train or None)
+    path, name = (draft.later.get(f"custom_reward_function.{k}") for k in ("path", "name"))
+    if path is not None:
+        c.reward = f"{path.value}:{name.value if name is not None else 'compute_score'}"
+    elif name is not None:
+        draft.errors.append("custom_reward_function.name is set without custom_reward_function.path.")
+    elif c.dataset == "gsm8k":
+        c.reward = "gsm8k"
+    elif train:
+        c.reward = "gsm8k_flexible"
+        draft.notes.append("The data is not GSM8K and the script names no custom_reward_function: using the "
+                           "gsm8k_flexible reward (last number); change it with --reward.")
+
+
+def _hardware_from_name(path: Path, draft: _Draft, cat: Catalog) -> None:
+    """The GPU type is not part of a verl script; its file name usually says (naming rule)."""
+    tokens = re.split(r"[_.]", path.stem.lower())
+    hardware = [t for t in tokens if t in cat.names("hardware")]
+    if hardware:
+        draft.choices.gpu_type = hardware[0]
+    else:
+        draft.choices.gpu_type = "h100"
+        draft.notes.append("The GPU type is not in the script or its name: assuming h100 (use --gpu-type).")
+
+
+def _refuse_problems(path: Path, errors: list[str]) -> None:
+    if errors:
+        raise TuneError(
+            f"{path.name} has {len(errors)} problem(s) that make its values ambiguous: " + " ".join(errors)
+            + " Fix the script and import it again.",
+            field="--from-verl",
+        )
+
+
+def import_verl_script(path: str | Path) -> VerlImport:
+    """The choices a verl launch script amounts to, what could not be mapped, and notes."""
+    path = Path(path)
+    overrides, ev = read_overrides(_read_script(path))
+    cat = load_catalog()
+    seen = _last_of_each(overrides)
+    draft = _Draft(errors=list(ev.errors))
+    _map_each(seen, ev.vars, draft, cat)
+    world = _processes(draft)
+    _micro_batch_from_global(draft, world, given=set(seen))
+    _token_budget(draft)
+    _method_from_rank(draft)
+    _dataset_and_reward(draft)
+    _hardware_from_name(path, draft, cat)
+    if ev.env_used:
+        draft.notes.append("Environment values used: " + ", ".join(f"${k}={v}" for k, v in ev.env_used.items()) + ".")
+    _refuse_problems(path, draft.errors)
+    draft.choices.sets = [f"{k}={v}" for k, v in draft.sets.items()]
+    draft.unmapped.sort(key=lambda u: u.line)
+    return VerlImport(draft.choices, draft.unmapped, draft.notes)
