@@ -60,6 +60,12 @@ def _positive_int(text: str) -> bool | str:
     return True if text.strip().isdigit() and int(text) >= 1 else "a whole number >= 1"
 
 
+def _described(entries) -> list[tuple[str, str]]:
+    """(name, "name  description") menu options with the descriptions in one column."""
+    width = max((len(e.name) for e in entries), default=0)
+    return [(e.name, f"{e.name:<{width}}  {e.description}") for e in entries]
+
+
 def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     import questionary
 
@@ -71,18 +77,15 @@ def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     if picked == OTHER:
         picked = ask(questionary.text("Model directory or hub id", default="" if entry else current.model.path))
     c.model = picked
-    c.algorithm = _select("Algorithm", [(a.name, f"{a.name:<8} {a.description}") for a in cat.algorithms],
-                          current.algorithm.name)
-    c.method = _select("Method", [(m.name, f"{m.name:<5} {m.description}") for m in cat.methods], current.model.method)
-    c.gpu_type = _select("Hardware", [(h.name, f"{h.name:<9} {h.description}") for h in cat.hardware],
-                         current.launch.hardware)
+    c.algorithm = _select("Algorithm", _described(cat.algorithms), current.algorithm.name)
+    c.method = _select("Method", _described(cat.methods), current.model.method)
+    c.gpu_type = _select("Hardware", _described(cat.hardware), current.launch.hardware)
     unit = "CPU processes" if c.gpu_type == "cpu" else "GPUs"
     c.gpus = int(ask(questionary.text(f"{unit} per node", default=str(current.launch.n_gpus_per_node),
                                        validate=_positive_int)))
     c.nodes = int(ask(questionary.text("Nodes", default=str(current.launch.nnodes), validate=_positive_int)))
-    c.engine = _select("Rollout engine", [(e.name, f"{e.name:<5} {e.description}") for e in cat.engines],
-                       current.rollout.name)
-    datasets = [(d.name, f"{d.name:<11} {d.description}") for d in cat.datasets if d.name != "custom"]
+    c.engine = _select("Rollout engine", _described(cat.engines), current.rollout.name)
+    datasets = _described([d for d in cat.datasets if d.name != "custom"])
     ds = _select("Dataset", [*datasets, (OTHER, "(file: type the path of a .jsonl/.parquet)")],
                  current.data.dataset if current.data.dataset != "custom" else OTHER)
     if ds == OTHER:
@@ -90,7 +93,7 @@ def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     c.dataset = ds
     entry_ds = cat.find("datasets", ds)
     default_reward = (entry_ds.default_reward if entry_ds else None) or current.reward.function
-    rewards = [(r.name, f"{r.name:<15} {r.description}") for r in cat.rewards if r.name != "custom"]
+    rewards = _described([r for r in cat.rewards if r.name != "custom"])
     rw = _select("Reward", [*rewards, (OTHER, "(custom: path/to/file.py:function)")],
                  default_reward if ":" not in default_reward else OTHER)
     if rw == OTHER:
