@@ -57,8 +57,8 @@ class ForwardPass(Protocol):
 
 def choose_pass(model, settings: PassSettings, *, gradient_checkpointing: bool) -> ForwardPass:
     """The pass for ``model`` (the policy; its reference has the same attention) and the recipe."""
-    # Gradient checkpointing turns the KV cache off in training passes, so the prompt-sharing
-    # passes are off too: one plain pass per length bucket.
+    # Gradient checkpointing turns the KV cache off in training passes: the plain pass, one per
+    # length bucket (group rows fall back on the KV path, so they go with it).
     if gradient_checkpointing:
         return FullSequencePass(settings)
     shared_prompts = SharedPromptPass(settings)
