@@ -83,7 +83,7 @@ def main() -> int:
         trainer.setup()
         t_eval = time.time()
         sampled_before = sampled_accuracy(trainer, args.sampled) if args.sampled else None
-        trainer._started += time.time() - t_eval  # the budget counts setup and training, not this extra eval
+        trainer.stop.started += time.time() - t_eval  # the budget counts setup and training, not this extra eval
         t_train = time.time()
         code = trainer.train()
         train_minutes = (time.time() - t_train) / 60

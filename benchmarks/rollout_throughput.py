@@ -6,7 +6,7 @@
 
 For each LoRA sync mode (or full fine-tuning) it builds the real trainer with ``rollout.name=vllm``
 and runs real training steps (rollout, rewards, GRPO update, weight sync). Around the engine it
-records every prompt batch and times ``sync_weights`` and ``generate``. The same prompt batches are
+records every prompt batch and times ``update_weights`` and ``generate``. The same prompt batches are
 then replayed through the bare ``vllm.LLM.generate`` of the same engine (raw vLLM: no wrapper, no
 sync) and through the ``hf`` engine on the trained policy. A short generate warms the engine up
 first and is not counted; raw vLLM replays each step's prompts right after that step. Tokens/s counts generated tokens; "in step" divides them by generate + sync time.
@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -37,8 +37,8 @@ class Timings:
 
 
 def instrument(engine, timings: Timings, counting: list[bool]) -> None:
-    """Time the engine's generate and sync_weights where the trainer calls them."""
-    generate, sync = engine.generate, engine.sync_weights
+    """Time the engine's generate and update_weights where the trainer calls them."""
+    generate, sync = engine.generate, engine.update_weights
 
     def timed_generate(prompts, sampling):
         start = time.perf_counter()
@@ -49,13 +49,13 @@ def instrument(engine, timings: Timings, counting: list[bool]) -> None:
             timings.batches.append((prompts, sampling))
         return rollout
 
-    def timed_sync(model):
+    def timed_sync(stream):
         start = time.perf_counter()
-        sync(model)
+        sync(stream)
         if counting[0]:
             timings.sync_s.append(time.perf_counter() - start)
 
-    engine.generate, engine.sync_weights = timed_generate, timed_sync
+    engine.generate, engine.update_weights = timed_generate, timed_sync
 
 
 def raw_vllm(llm, batches) -> tuple[float, int]:
@@ -76,9 +76,12 @@ def raw_vllm(llm, batches) -> tuple[float, int]:
 
 
 def hf_engine(trainer, batches) -> tuple[float, int]:
+    from tunecli.trainer.rollout import EngineSettings
     from tunecli.trainer.rollout.hf import HFEngine
 
-    engine = HFEngine(trainer.policy.model, trainer.tokenizer, max_num_seqs=trainer.recipe.rollout.max_num_seqs)
+    settings = EngineSettings.from_recipe(trainer.recipe, trainer.policy.model_path)
+    live = replace(settings, rollout=settings.rollout.model_copy(update={"dtype": "auto"}))  # on the policy itself
+    engine = HFEngine(live, trainer.policy.model, trainer.tokenizer)
     seconds, tokens = 0.0, 0
     for prompts, s in batches:
         start = time.perf_counter()
@@ -111,7 +114,7 @@ def run_mode(args, overrides: list[str], label: str) -> list[tuple]:
             raw_s = raw_tokens = 0
             for step in range(args.steps):
                 start = time.perf_counter()
-                if trainer.train_step() is None or trainer._stop_requested:
+                if trainer.train_step() is None or trainer.stop.requested:
                     raise SystemExit("interrupted")
                 trainer.step += 1
                 step_s = time.perf_counter() - start

@@ -29,7 +29,7 @@ def write_recipe(tmp: Path, model_dir: Path, run_dir: Path, **overrides) -> Path
         "data": {"dataset": "arithmetic", "difficulty": 2, "train_size": 32, "val_size": 4,
                  "train_batch_size": 2, "max_response_length": 6},
         "reward": {"function": f"{tmp / 'reward.py'}:length_reward"},
-        "actor": {"ppo_mini_batch_size": 1, "ppo_micro_batch_size_per_gpu": 3, "lr": 5e-3, "ppo_epochs": 2},
+        "actor": {"ppo_mini_batch_size": 1, "ppo_micro_batch_size_per_gpu": 2, "lr": 5e-3, "ppo_epochs": 2},
         "rollout": {"n": 4},
         "trainer": {"total_training_steps": 4, "save_freq": 1, "test_freq": 2, "default_local_dir": str(run_dir),
                     "num_threads": 1, "seed": 3},
@@ -146,7 +146,7 @@ def test_shared_prompt_passes_equal_full_pass(tmp_path, tiny_model_dir, monkeypa
     import torch
 
     from tunecli.config.io import recipe_from_dict
-    from tunecli.trainer import batching, loop
+    from tunecli.trainer import batching, passes
     from tunecli.trainer.loop import Trainer
     from tunecli.trainer.rollout import Rollout
 
@@ -157,32 +157,35 @@ def test_shared_prompt_passes_equal_full_pass(tmp_path, tiny_model_dir, monkeypa
     trainer = Trainer(recipe, resume=False)
     trainer.setup()
     try:
-        assert trainer.policy.model.config._attn_implementation == attention
+        model = trainer.policy.model
+        assert model.config._attn_implementation == attention
         torch.manual_seed(0)
         for p in trainer.policy.trainable_parameters():
             torch.nn.init.normal_(p, std=0.05)  # LoRA B starts at zero: give the adapter a real effect
         prompts = [[1, 5, 6, 7], [1, 9, 10, 11, 12, 13]]
         rollout = Rollout(prompt_ids=[p for p in prompts for _ in range(3)],
-                          response_ids=[[4], [4, 5, 6], [7, 8], [9, 9, 9, 2], [3], [5, 6]], finished=[True] * 6)
+                          response_ids=[[4], [4, 5, 6], [7, 8], [9, 9, 9, 2], [3], [5, 6]], finished=[True] * 6, group_size=3)
         params = trainer.policy.trainable_parameters()
+        settings = trainer.forward_pass.settings
+        full, shared = passes.FullSequencePass(settings), passes.SharedPromptPass(settings)
+        group_rows = passes.GroupRowsPass(settings, max_row_tokens=None, long_rows=shared)
         for indices in ([5, 0, 3, 1, 4, 2], [4, 0, 3]):  # any order: the results follow it
             width = max(len(rollout.response_ids[i]) for i in indices)
             expected_mask = torch.tensor([[len(rollout.response_ids[i]) > t for t in range(width)] for i in indices]).float()
             results = []
-            for shared, rows in ((False, False), (True, False), (True, True)):
-                monkeypatch.setattr(Trainer, "share_prompts", property(lambda self, s=shared: s))
-                monkeypatch.setattr(loop, "_takes_custom_masks", lambda model, r=rows: r)
-                if not rows and len(indices) == 6:
-                    chunks = trainer._logit_chunks(trainer.policy.model, rollout, indices)
+            for forward in (full, shared, group_rows):
+                if forward is not group_rows and len(indices) == 6:
+                    chunks = forward.logit_chunks(model, rollout, indices)
                     # One bucket per distinct length with pass_cost 0: responses 2, 1, 4, 3, 1, 2; with prompts 8, 5, 10, 7, 7, 6.
-                    assert len(chunks) == (1 if pass_cost == 1000 else (4 if shared else 5) if pass_cost == 0 else len(chunks))
-                logp, ent, mask = trainer._forward(trainer.policy.model, rollout, indices, entropy=True, entropy_grad=True)
-                assert torch.equal(mask, expected_mask)
-                results.append((logp * mask, ent * mask, torch.autograd.grad((logp * mask).sum() + (ent * mask).sum(), params)))
-            (full, ent_full, g_full), *others = results
-            for shared, ent_shared, g_shared in others:
-                assert torch.allclose(full, shared, atol=1e-5) and torch.allclose(ent_full, ent_shared, atol=1e-5)
-                for a, b in zip(g_full, g_shared):
+                    assert len(chunks) == (1 if pass_cost == 1000 else (4 if forward is shared else 5) if pass_cost == 0 else len(chunks))
+                scores = forward(model, rollout, indices, entropy=True, entropy_grad=True)
+                assert torch.equal(scores.mask, expected_mask)
+                logp, ent = scores.logp * scores.mask, scores.entropy * scores.mask
+                results.append((logp, ent, torch.autograd.grad(logp.sum() + ent.sum(), params)))
+            (logp_full, ent_full, g_full), *others = results
+            for logp_other, ent_other, g_other in others:
+                assert torch.allclose(logp_full, logp_other, atol=1e-5) and torch.allclose(ent_full, ent_other, atol=1e-5)
+                for a, b in zip(g_full, g_other):
                     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     finally:
         trainer.cleanup()
@@ -194,8 +197,9 @@ def test_long_group_rows_take_the_kv_path_under_eager_attention(tmp_path, tiny_m
     import torch
 
     from tunecli.config.io import recipe_from_dict
-    from tunecli.trainer import loop
+    from tunecli.trainer import passes
     from tunecli.trainer.loop import Trainer
+    from tunecli.trainer.policy import EAGER_MAX_TOKENS
     from tunecli.trainer.rollout import Rollout
 
     recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4, "attn_implementation": "eager"},
@@ -203,34 +207,131 @@ def test_long_group_rows_take_the_kv_path_under_eager_attention(tmp_path, tiny_m
     trainer = Trainer(recipe, resume=False)
     trainer.setup()
     try:
-        rollout = Rollout(prompt_ids=[[1, 5, 6, 7]] * 2, response_ids=[[4, 5, 6], [7, 8]], finished=[True, True])
+        chosen = trainer.forward_pass
+        assert isinstance(chosen, passes.GroupRowsPass) and chosen.max_row_tokens == EAGER_MAX_TOKENS
+        rollout = Rollout(prompt_ids=[[1, 5, 6, 7]] * 2, response_ids=[[4, 5, 6], [7, 8]], finished=[True, True], group_size=2)
         used = []
-        monkeypatch.setattr(Trainer, "_logit_chunks", lambda self, *a, f=Trainer._logit_chunks: used.append("kv") or f(self, *a))
+        monkeypatch.setattr(chosen, "long_rows", lambda *a, f=chosen.long_rows, **k: used.append("kv") or f(*a, **k))
         with torch.no_grad():
-            rows, _, mask = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+            rows = chosen(trainer.policy.model, rollout, [0, 1], entropy=False)
             assert used == []  # row of 4 + 2 + 1 tokens: one group row
-            monkeypatch.setattr(loop, "EAGER_MAX_TOKENS", 6)
-            kv, _, _ = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+            monkeypatch.setattr(chosen, "max_row_tokens", 6)
+            kv = chosen(trainer.policy.model, rollout, [0, 1], entropy=False)
             assert used == ["kv"]
-        assert torch.allclose(rows * mask, kv * mask, atol=1e-5)
+        assert torch.allclose(rows.logp * rows.mask, kv.logp * kv.mask, atol=1e-5)
     finally:
         trainer.cleanup()
 
 
-def test_hf_engine_shared_prefill_matches_plain_generation(tiny_model_dir):
+def test_choose_pass_by_attention_and_checkpointing():
+    """The pass for a model: group rows where a 4D mask is all its attention needs (eager rows capped
+    at EAGER_MAX_TOKENS), the prompt-KV pass otherwise, the plain pass under gradient checkpointing;
+    each with the micro-batch order it runs fastest."""
+    from types import SimpleNamespace
+
     import torch
+
+    from tunecli.trainer.passes import FullSequencePass, GroupRowsPass, PassSettings, SharedPromptPass, choose_pass
+    from tunecli.trainer.policy import EAGER_MAX_TOKENS
+    from tunecli.trainer.rollout import Rollout
+
+    settings = PassSettings(torch.device("cpu"), pad_id=0, temperature=1.0, bf16=False)
+
+    def choose(attention: str, checkpointing: bool = False, **config):
+        model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attention, **config))
+        return choose_pass(model, settings, gradient_checkpointing=checkpointing)
+
+    assert isinstance(choose("eager", checkpointing=True), FullSequencePass)
+    assert isinstance(choose("sdpa", checkpointing=True), FullSequencePass)
+    eager, sdpa = choose("eager"), choose("sdpa", layer_types=["full_attention"] * 2)
+    assert isinstance(eager, GroupRowsPass) and eager.max_row_tokens == EAGER_MAX_TOKENS
+    assert isinstance(eager.long_rows, SharedPromptPass)
+    assert isinstance(sdpa, GroupRowsPass) and sdpa.max_row_tokens is None
+    assert isinstance(choose("flash_attention_2"), SharedPromptPass)
+    assert isinstance(choose("sdpa", sliding_window=4096), SharedPromptPass)
+    assert isinstance(choose("eager", layer_types=["full_attention", "sliding_attention"]), SharedPromptPass)
+
+    # Totals (prompt + response) 5, 3, 3, 2; groups [0, 1] and [2, 3].
+    rollout = Rollout(prompt_ids=[[1, 2]] * 2 + [[3]] * 2, response_ids=[[5, 5, 5], [5], [6, 6], [6]],
+                      finished=[True] * 4, group_size=2)
+    assert choose("eager", checkpointing=True).micro_batch_order(rollout, [0, 1, 2, 3]) == [3, 1, 2, 0]
+    assert eager.micro_batch_order(rollout, [3, 2, 1, 0]) == [1, 0, 3, 2]
+    assert choose("flash_attention_2").micro_batch_order(rollout, [3, 2, 1, 0]) == [1, 0, 3, 2]
+
+
+def test_update_averages_per_update_and_per_micro_batch():
+    """Loss shares add up within an optimizer step and average over steps; token fractions average
+    over micro-batches, however many each step had."""
+    from tunecli.trainer.metrics import UpdateAverages
+
+    averages = UpdateAverages()
+    assert averages.means() == {}
+    for shares, fractions, grad_norm in (([0.25, 0.5], [0.5, 0.0], 2.0), ([1.5], [0.25], 4.0)):
+        for share, fraction in zip(shares, fractions):
+            averages.add_per_update({"loss": share})
+            averages.add_per_micro_batch({"clip": fraction})
+        averages.add_per_update({"grad_norm": grad_norm})
+        averages.end_update()
+    assert (averages.updates, averages.micro_batches) == (2, 3)
+    assert averages.means() == {"loss": (0.75 + 1.5) / 2, "grad_norm": 3.0, "clip": 0.25}
+
+
+def test_rollout_knows_its_groups():
+    from tunecli.trainer.rollout import Rollout
+
+    rollout = Rollout(prompt_ids=[[1]] * 6, response_ids=[[2]] * 6, finished=[True] * 6, group_size=3)
+    assert [rollout.group_of(k) for k in range(6)] == [0, 0, 0, 1, 1, 1] and rollout.num_groups == 2
+    with pytest.raises(ValueError, match="whole groups of 4"):
+        Rollout(prompt_ids=[[1]] * 6, response_ids=[[2]] * 6, finished=[True] * 6, group_size=4)
+
+
+def test_weight_stream_formats(tiny_model_dir):
+    """What each engine asks for: every base weight (LoRA merged), only what training changes, or the
+    adapter itself; full fine-tuning streams every weight whatever the format."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunecli.trainer.weights import weight_stream
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    names = set(base.state_dict())
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    full, changed, adapter = (weight_stream(policy, f) for f in ("full", "changed", "adapter"))
+    assert {n for n, _ in full} == names and not full.partial
+    assert {n for n, _ in changed} == {n for n in names if n.endswith(("q_proj.weight", "v_proj.weight"))} and changed.partial
+    adapter_names = {n for n, _ in adapter}
+    assert len(adapter_names) == 2 * 2 * 2 and all(".lora_A." in n or ".lora_B." in n for n in adapter_names)  # layers x modules x A, B
+    assert adapter.adapter_config["r"] == 4 and adapter.adapter_config["target_modules"] == ["q_proj", "v_proj"]
+    for weight_format in ("full", "changed"):
+        stream = weight_stream(base, weight_format)
+        assert {n for n, _ in stream} == names and not stream.partial
+    with pytest.raises(ValueError, match="LoRA"):
+        weight_stream(base, "adapter")
+
+
+def _engine_settings(model_dir, **rollout):
+    from tunecli.config.io import recipe_from_dict
+    from tunecli.trainer.rollout import EngineSettings
+
+    return EngineSettings.from_recipe(recipe_from_dict({"rollout": rollout}), str(model_dir))
+
+
+def test_hf_engine_shared_prefill_matches_plain_generation(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunecli.trainer.rollout import SamplingSettings
     from tunecli.trainer.rollout.hf import HFEngine
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    engine = HFEngine(_engine_settings(tiny_model_dir, dtype="auto"), AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    assert engine.weight_format is None  # it generates on the model it was given: nothing to sync
     prompts = [[1, 5, 6, 7, 8], [9, 10], [11, 12, 13]]  # different lengths: left padding
     greedy = dict(temperature=0.0, max_new_tokens=5)
     shared = engine.generate(prompts, SamplingSettings(n=2, **greedy))
     plain = engine.generate([p for p in prompts for _ in range(2)], SamplingSettings(n=1, **greedy))
     assert shared.response_ids == plain.response_ids and shared.prompt_ids == plain.prompt_ids
+    assert (shared.group_size, plain.group_size) == (2, 1)
     assert all(len(r) <= 5 for r in shared.response_ids)
     sampled = [engine.generate(prompts, SamplingSettings(n=2, temperature=1.0, max_new_tokens=5, seed=3)) for _ in range(2)]
     assert sampled[0].response_ids == sampled[1].response_ids  # the seed pins the draw
@@ -243,14 +344,15 @@ def test_hf_engine_in_bf16_samples_from_a_synced_copy(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunecli.trainer.rollout import SamplingSettings
-    from tunecli.trainer.rollout.hf import HFEngine
+    from tunecli.trainer.rollout import SamplingSettings, make_engine
+    from tunecli.trainer.weights import weight_stream
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
-    engine = HFEngine(policy, tokenizer, dtype=torch.bfloat16, model_path=str(tiny_model_dir))
+    engine = make_engine(_engine_settings(tiny_model_dir, dtype="bfloat16"), policy, tokenizer)
     assert engine.model is not policy and next(engine.model.parameters()).dtype == torch.bfloat16
+    assert engine.weight_format == "full"
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=6)
     before = engine.generate([[1, 5, 6, 7]], greedy).response_ids
 
@@ -262,7 +364,7 @@ def test_hf_engine_in_bf16_samples_from_a_synced_copy(tiny_model_dir):
     merged = q.base_layer.weight + q.scaling["default"] * q.lora_B["default"].weight @ q.lora_A["default"].weight
     copy_q = engine.model.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(copy_q, merged.bfloat16())  # not synced yet
-    engine.sync_weights(policy)
+    engine.update_weights(weight_stream(policy, engine.weight_format))
     assert torch.equal(copy_q, merged.detach().bfloat16())
     assert engine.generate([[1, 5, 6, 7]], greedy).response_ids != before  # it samples from the new weights
     assert next(policy.parameters()).dtype == torch.float32
@@ -309,7 +411,7 @@ def test_truncated_responses_get_truncated_score(embedded_dir):
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
     prompts = [PromptSample(Example("What is 2 + 2?", "4"), "p", [1])]
     four = tokenizer("4", add_special_tokens=False)["input_ids"]
-    rollout = Rollout(prompt_ids=[[1], [1]], response_ids=[four + [tokenizer.eos_token_id], four], finished=[True, False])
+    rollout = Rollout(prompt_ids=[[1], [1]], response_ids=[four + [tokenizer.eos_token_id], four], finished=[True, False], group_size=2)
     for truncated_score, expected in ((None, [1.0, 1.0]), (0.0, [1.0, 0.0]), (-0.5, [1.0, -0.5])):
         trainer = Trainer(recipe_from_dict({}, [f"reward.truncated_score={'null' if truncated_score is None else truncated_score}"]))
         trainer.tokenizer, trainer.reward_fn = tokenizer, load_reward("arithmetic")
@@ -325,7 +427,7 @@ def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_
     from tunecli.trainer.loop import Trainer
     from tunecli.trainer.rollout import Rollout
 
-    rollout = Rollout(prompt_ids=[[1, 5, 6, 7]] * 2, response_ids=[[4, 5], [7, 8, 9]], finished=[True, True])
+    rollout = Rollout(prompt_ids=[[1, 5, 6, 7]] * 2, response_ids=[[4, 5], [7, 8, 9]], finished=[True, True], group_size=2)
     out = {}
     for dtype in ("float32", "bfloat16"):
         recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4},
@@ -335,16 +437,17 @@ def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_
         trainer.setup()
         try:
             with torch.no_grad():
-                logp, _, mask = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+                scores = trainer.forward_pass(trainer.policy.model, rollout, [0, 1], entropy=False)
+                logp, mask = scores.logp, scores.mask
                 # The frozen weights cast once per step (instead of by autocast at each use): same values.
                 inner = trainer.policy.model.base_model.model
                 base = inner.model.layers[0].mlp.up_proj.base_layer.weight
-                with trainer._training_weights():
+                with trainer.policy.cast_for_compute(dtype):
                     cast = torch.bfloat16 if dtype == "bfloat16" else torch.float32
                     assert base.dtype == cast
                     # The LM head tied to the input embeddings gets its own cast copy; the lookup stays fp32.
                     assert inner.lm_head.weight.dtype == cast and inner.model.embed_tokens.weight.dtype == torch.float32
-                    again, _, _ = trainer._forward(trainer.policy.model, rollout, [0, 1], entropy=False)
+                    again = trainer.forward_pass(trainer.policy.model, rollout, [0, 1], entropy=False).logp
                 assert base.dtype == torch.float32
                 assert inner.lm_head.weight is inner.model.embed_tokens.weight  # tied again
                 assert torch.equal(again * mask, logp * mask)

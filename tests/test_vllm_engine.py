@@ -65,8 +65,10 @@ def model_dir(tmp_path_factory):
     return _make_peaky_model(tmp_path_factory.mktemp("peaky-llama"))
 
 
-def _recipe(lora_sync: str = "merge", enforce_eager: bool = True) -> Recipe:
-    return Recipe.model_validate(
+def _settings(model_dir, lora_sync: str = "merge", enforce_eager: bool = True):
+    from tunecli.trainer.rollout import EngineSettings
+
+    recipe = Recipe.model_validate(
         {
             "model": {"method": "lora", "lora_rank": LORA_RANK, "lora_alpha": 16},
             "data": {"max_prompt_length": 32, "max_response_length": MAX_NEW},
@@ -80,13 +82,22 @@ def _recipe(lora_sync: str = "merge", enforce_eager: bool = True) -> Recipe:
             },
         }
     )
+    return EngineSettings.from_recipe(recipe, str(model_dir))
+
+
+def _sync(engine, model) -> None:
+    """What the trainer's _sync_engine does: the weights of ``model`` in the format the engine asks for."""
+    from tunecli.trainer.weights import weight_stream
+
+    engine.update_weights(weight_stream(model, engine.weight_format))
 
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
     from tunecli.trainer.rollout.vllm import VLLMEngine
 
-    eng = VLLMEngine(_recipe("merge"), str(model_dir))
+    eng = VLLMEngine(_settings(model_dir, "merge"))
+    assert eng.weight_format == "changed"  # LoRA merge: only the merged layers after each update
     print(f"\nvllm engine start: {eng.start_s:.1f} s")
     yield eng
     eng.close()
@@ -96,7 +107,8 @@ def engine(model_dir):
 def adapter_engine(model_dir):
     from tunecli.trainer.rollout.vllm import VLLMEngine
 
-    eng = VLLMEngine(_recipe("adapter"), str(model_dir))
+    eng = VLLMEngine(_settings(model_dir, "adapter"))
+    assert eng.weight_format == "adapter"
     print(f"\nvllm engine start (enable_lora): {eng.start_s:.1f} s")
     yield eng
     eng.close()
@@ -171,7 +183,7 @@ def test_generate_groups_logprobs_and_flags(engine, prompts, model_dir):
 
     n = 3
     rollout = engine.generate(prompts, SamplingSettings(n=n, temperature=1.0, max_new_tokens=MAX_NEW, seed=7))
-    assert len(rollout) == len(prompts) * n
+    assert len(rollout) == len(prompts) * n and rollout.group_size == n
     for i, p in enumerate(prompts):
         for j in range(n):
             assert rollout.prompt_ids[i * n + j] == p  # prompt-major groups
@@ -197,22 +209,22 @@ def test_full_weight_sync_changes_output_to_transformers(engine, prompts, model_
     assert before == _hf_greedy(model, prompts)  # same weights, same tokens
 
     _perturb_(model, seed=1)
-    engine.sync_weights(model)
+    _sync(engine, model)
     after = _greedy(engine, prompts)
     print(f"\nfull sync: {engine.last_sync_s:.3f} s")
     assert after != before, "the engine ignored the weight update"
     assert after == _hf_greedy(model, prompts)
 
     # Sync back to the original weights: the engine follows every step, not just the first.
-    engine.sync_weights(_hf_model(model_dir))
+    _sync(engine, _hf_model(model_dir))
     assert _greedy(engine, prompts) == before
 
 
 def test_lora_merge_sync_changes_output_to_transformers(engine, prompts, model_dir):
-    engine.sync_weights(_hf_model(model_dir))
+    _sync(engine, _hf_model(model_dir))
     before = _greedy(engine, prompts)
     policy = _lora_policy(model_dir, seed=2)
-    engine.sync_weights(policy)
+    _sync(engine, policy)
     after = _greedy(engine, prompts)
     print(f"\nlora merge sync: {engine.last_sync_s:.3f} s")
     assert after != before, "the engine ignored the merged adapter"
@@ -227,7 +239,7 @@ def test_lora_adapter_sync_changes_output_to_transformers(adapter_engine, prompt
     assert before == _hf_greedy(_hf_model(model_dir), prompts)
     for seed in (3, 4):  # two steps: a fresh LoRARequest each time, never the cached one
         policy = _lora_policy(model_dir, seed=seed)
-        adapter_engine.sync_weights(policy)
+        _sync(adapter_engine, policy)
         after = _greedy(adapter_engine, prompts)
         print(f"\nlora adapter sync: {adapter_engine.last_sync_s:.3f} s")
         assert after != before, "the engine ignored the adapter"
@@ -240,13 +252,13 @@ def test_compiled_engine_follows_lora_merge_sync(model_dir, prompts):
     (only the merged LoRA layers) still reaches it."""
     from tunecli.trainer.rollout.vllm import VLLMEngine
 
-    engine = VLLMEngine(_recipe("merge", enforce_eager=False), str(model_dir))
+    engine = VLLMEngine(_settings(model_dir, "merge", enforce_eager=False))
     try:
         assert engine.llm.llm_engine.vllm_config.model_config.enforce_eager is False
         before = _greedy(engine, prompts)
         assert before == _hf_greedy(_hf_model(model_dir), prompts)
         policy = _lora_policy(model_dir, seed=5)
-        engine.sync_weights(policy)
+        _sync(engine, policy)
         after = _greedy(engine, prompts)
         assert after != before and after == _hf_greedy(policy, prompts)
     finally:

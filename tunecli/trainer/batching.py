@@ -102,6 +102,16 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
     return input_ids, attention_mask, position_ids, mask
 
 
+def response_mask(responses: list[list[int]], keep: list[bool]) -> torch.Tensor:
+    """[m, R] float: 1.0 on the tokens of the responses kept, 0.0 on the others and past each end."""
+    width = max((len(r) for r in responses), default=0)
+    mask = torch.zeros(len(responses), width)  # [m, R]
+    for row, (response, kept) in enumerate(zip(responses, keep, strict=True)):
+        if kept:
+            mask[row, : len(response)] = 1.0
+    return mask
+
+
 def pad_rows(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Per-sample 1-D tensors -> [m, R] shaped, typed and placed like ``like`` (zeros past each end)."""
     out = torch.zeros_like(like)  # [m, R]

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from tunecli.errors import TuneError
+
 if TYPE_CHECKING:
     from tunecli.config.schema import Recipe
 
@@ -38,10 +40,6 @@ class DistInfo:
     local_rank: int
     device: torch.device
     backend: str | None  # None: a single process, no process group
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 _INFO: DistInfo | None = None
@@ -57,8 +55,6 @@ def choose_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from tunecli.errors import TuneError
-
         raise TuneError(
             "trainer.device is 'cuda' but torch sees no CUDA device (torch "
             f"{torch.__version__}). Set trainer.device=auto or cpu, or install a CUDA build of torch."
@@ -152,8 +148,6 @@ def shard_groups(items: list[T], group_size: int, *, chunks: int = 1) -> list[T]
         raise ValueError(f"{len(items)} items do not form whole groups of {group_size}")
     n_groups, world = len(items) // group_size, world_size()
     if n_groups % (chunks * world):
-        from tunecli.errors import TuneError
-
         what = f"{chunks} mini-batches x {world} ranks" if chunks > 1 else f"{world} ranks"
         raise TuneError(
             f"{n_groups} groups cannot be split evenly over {what}: every rank must get the same "

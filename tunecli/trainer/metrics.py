@@ -1,7 +1,8 @@
 """What a run shows and keeps: a rich progress bar with a live line, metrics.jsonl, a summary, reward.png.
 
 Only the main rank writes; other ranks get a silent logger. Peak memory is sampled over this process
-and its children (psutil) by a background thread; ranks add theirs up in the trainer.
+and its children (psutil) by a background thread; ranks add theirs up in the trainer. An update's
+metrics are averaged by ``UpdateAverages``, per optimizer step or per micro-batch as each is declared.
 """
 
 from __future__ import annotations
@@ -49,6 +50,40 @@ class PeakMemory:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+
+class UpdateAverages:
+    """The metrics of one step's policy update, each averaged the way its caller declares:
+
+    ``add_per_update``: values that add up within one optimizer step (micro-batch shares of the
+    mini-batch loss, the step's gradient norm), averaged over optimizer steps;
+    ``add_per_micro_batch``: one value per micro-batch (fractions of its tokens, such as the clipped
+    ones), averaged over micro-batches.
+    """
+
+    def __init__(self) -> None:
+        self._per_update: dict[str, float] = {}
+        self._per_micro_batch: dict[str, float] = {}
+        self.updates = 0
+        self.micro_batches = 0
+
+    def add_per_update(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self._per_update[k] = self._per_update.get(k, 0.0) + v
+
+    def add_per_micro_batch(self, values: dict[str, float]) -> None:
+        self.micro_batches += 1
+        for k, v in values.items():
+            self._per_micro_batch[k] = self._per_micro_batch.get(k, 0.0) + v
+
+    def end_update(self) -> None:
+        """One optimizer step is done."""
+        self.updates += 1
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / max(self.updates, 1) for k, v in self._per_update.items()}
+        out.update({k: v / max(self.micro_batches, 1) for k, v in self._per_micro_batch.items()})
+        return out
 
 
 def live_line(step: int, total: int, m: dict[str, float]) -> str:
@@ -127,9 +162,9 @@ class MetricsLogger:
             self.progress.update(self.task, completed=step, description="")
             self.progress.console.print(live_line(step, self.total, metrics), highlight=False)
 
-    def print(self, text: str) -> None:
-        if self.enabled:
-            (self.progress.console if self.progress else __import__("rich").get_console()).print(text, highlight=False)
+    def print(self, text) -> None:
+        if self.progress:  # the main rank's
+            self.progress.console.print(text, highlight=False)
 
     # -- end of run -----------------------------------------------------------------------------
     def summary_rows(self, extra: dict[str, str]) -> list[list[str]]:
@@ -147,6 +182,26 @@ class MetricsLogger:
             rows.append(["mean generated tokens/s", f"{mean('perf/tokens_per_s'):.0f}"])
         rows += [[k, v] for k, v in extra.items()]
         return rows
+
+    def write_summary(self, name: str, run_dir: Path, *, peak_gib: float, steps: int) -> None:
+        """The end-of-run table on the console, reward.png and summary.json (main rank only)."""
+        if not self.enabled:
+            return
+        from rich.table import Table
+
+        plot = self.plot(run_dir / "reward.png")
+        extra = {"peak memory (RSS, all processes)": f"{peak_gib:.2f} GiB", "run directory": str(run_dir)}
+        if plot:
+            extra["reward curve"] = str(plot)
+        table = Table(title=f"GRPO run summary: {name}", header_style="bold")
+        table.add_column("")
+        table.add_column("")
+        rows = self.summary_rows(extra)
+        for row in rows:
+            table.add_row(*row)
+        self.print(table)
+        summary = {r[0]: r[1] for r in rows} | {"peak_rss_gib": round(peak_gib, 3), "steps": steps}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def plot(self, out: Path) -> Path | None:
         """reward.png: train reward per step and held-out accuracy."""

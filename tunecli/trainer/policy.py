@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tunecli.errors import TuneError
+from tunecli.trainer import distributed
 from tunecli.trainer.embedded import resolve_model_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,6 +40,25 @@ class Policy:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def cast_for_compute(self, compute_dtype: str) -> Iterator[None]:
+        """actor.compute_dtype bfloat16: the frozen weights cast once for a block of passes instead of
+        by autocast at every forward (``frozen_linear_weights_as``).
+
+        And peft's LoRA layers stop casting their input to the adapter's fp32: autocast cast a bf16
+        input up and straight back down for each adapter matmul (the same values, two copies).
+        """
+        if compute_dtype != "bfloat16":
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(frozen_linear_weights_as(torch.bfloat16, self.model, self.frozen_reference))
+            if self.is_lora:
+                from peft.helpers import disable_input_dtype_casting
+
+                stack.enter_context(disable_input_dtype_casting(self.model))
+            yield
 
 
 # Longest sequence for which ``attn_implementation: auto`` picks eager attention on the CPU: eager
@@ -137,8 +157,6 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
     keeps its fp32 storage, since the embedding lookup must keep returning fp32: the Linear gets its
     own cast copy for the block instead. Sharded (FSDP2) models are left alone.
     """
-    from tunecli.trainer import distributed
-
     linears: list[torch.nn.Linear] = []
     other: set[torch.nn.Parameter] = set()
     for model in models:

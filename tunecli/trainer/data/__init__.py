@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from tunecli.errors import TuneError
+from tunecli.errors import TuneError, did_you_mean
 from tunecli.trainer.data.files import custom_examples, gsm8k_examples, read_rows
 from tunecli.trainer.data.synthetic import GENERATORS, generate_splits
 from tunecli.trainer.data.types import Example, PromptSample
@@ -27,8 +27,6 @@ def load_splits(data, seed: int) -> tuple[list[Example], list[Example]]:
     if name in GENERATORS:
         return generate_splits(name, data.difficulty, data.train_size, data.val_size, seed)
     if name not in ("gsm8k", "custom"):
-        from tunecli.errors import did_you_mean
-
         raise TuneError(
             f"data.dataset = '{name}' is not known{did_you_mean(name, DATASETS)}. Use one of {', '.join(DATASETS)}.",
             field="data.dataset",

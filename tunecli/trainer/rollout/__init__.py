@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from tunecli.trainer.rollout.base import Rollout, RolloutEngine, SamplingSettings
+import torch
 
-__all__ = ["Rollout", "RolloutEngine", "SamplingSettings", "make_engine"]
+from tunecli.trainer.rollout.base import EngineSettings, Rollout, RolloutEngine, SamplingSettings
+from tunecli.trainer.rollout.hf import HFEngine
+from tunecli.trainer.weights import weight_stream
+
+__all__ = ["EngineSettings", "Rollout", "RolloutEngine", "SamplingSettings", "make_engine"]
 
 
-def make_engine(recipe, policy, tokenizer, model_path: str) -> RolloutEngine:
+def make_engine(settings: EngineSettings, policy: torch.nn.Module, tokenizer) -> RolloutEngine:
     """``hf`` generates with transformers (on the live policy, or a copy in rollout.dtype); ``vllm``
-    (imported lazily: heavy) runs a colocated engine."""
-    name = recipe.rollout.name
+    (imported lazily: heavy) runs a colocated engine. Call on every rank (FSDP2 gathers)."""
+    name = settings.rollout.name
     if name == "hf":
-        from tunecli.trainer.policy import DTYPES
-        from tunecli.trainer.rollout.hf import HFEngine
-
-        dtype = None if recipe.rollout.dtype == "auto" else DTYPES[recipe.rollout.dtype]
-        return HFEngine(
-            policy, tokenizer, max_num_seqs=recipe.rollout.max_num_seqs, dtype=dtype,
-            model_path=model_path, trust_remote_code=recipe.model.trust_remote_code,
-        )
+        engine = HFEngine(settings, policy, tokenizer)
+        if engine.weight_format is not None:
+            # Its copy comes from model.path; start it from the policy, which may already differ from the files.
+            engine.update_weights(weight_stream(policy, engine.weight_format))
+        return engine
     if name == "vllm":
         from tunecli.trainer.rollout.vllm import VLLMEngine
 
-        return VLLMEngine(recipe, model_path)
+        return VLLMEngine(settings)
     raise ValueError(f"unknown rollout engine {name!r}")  # the schema's Literal makes this unreachable

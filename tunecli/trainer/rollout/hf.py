@@ -1,10 +1,10 @@
 """The `hf` rollout engine: batched ``generate`` with KV cache.
 
 In the policy's own dtype (``rollout.dtype`` auto, or equal to ``model.dtype``) it samples from the
-training model itself, and ``sync_weights`` has nothing to copy (folding a LoRA adapter into the
-live weights while generating was measured: within noise of the unmerged adapter, so not done).
+training model itself and needs no weights after an update (``weight_format`` None; folding a LoRA
+adapter into the live weights while generating was measured: within noise of the unmerged adapter).
 In another dtype (bf16, the default, under an fp32 policy) it samples from its own copy of the
-model in that dtype, loaded from ``model.path`` and synced from the policy after every
+model in that dtype, loaded from ``model.path`` and given the policy's full weights after every
 update, as the vLLM engine is: a decode step of a small model is a chain of matmuls of a few rows,
 and those run 3-4x faster in bf16 than in fp32 on CPUs with AVX512-BF16 (measured 66 vs 228 us for
 [16, 576] @ [576, 1536] on the 2-core test machine). Prompts are left-padded.
@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from tunecli.trainer import distributed
-from tunecli.trainer.rollout.base import Rollout, SamplingSettings
-from tunecli.trainer.rollout.weights import full_state_items, is_peft, merged_state_items
+from tunecli.trainer.policy import DTYPES
+from tunecli.trainer.rollout.base import EngineSettings, Rollout, SamplingSettings
+from tunecli.trainer.weights import WeightFormat, WeightStream
 
 
 class InverseCdfSampler:
@@ -51,31 +52,24 @@ def sampling_processors(sampling: SamplingSettings):
 
 
 class HFEngine:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer,
-        *,
-        max_num_seqs: int = 256,
-        dtype: torch.dtype | None = None,
-        model_path: str | None = None,
-        trust_remote_code: bool = False,
-    ):
-        """``dtype`` None or the policy's: generate on ``model``. Another dtype: on a copy loaded from ``model_path``."""
+    def __init__(self, settings: EngineSettings, model: torch.nn.Module, tokenizer):
+        """``rollout.dtype`` auto or the policy's: generate on ``model``. Another dtype: on a copy loaded
+        from ``settings.model_path``, which needs the policy's weights (``update_weights``) before it
+        follows the policy."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.max_num_seqs = max_num_seqs
+        self.max_num_seqs = settings.rollout.max_num_seqs
         self.model = model
         self.copy: torch.nn.Module | None = None
+        dtype = None if settings.rollout.dtype == "auto" else DTYPES[settings.rollout.dtype]
         first = next(model.parameters())
         if dtype is not None and dtype != first.dtype:
-            if model_path is None:
-                raise ValueError("the hf engine needs model_path to hold a copy in another dtype")
-            self.copy = _load_copy(model_path, dtype, first.device, trust_remote_code)
+            self.copy = _load_copy(settings.model_path, dtype, first.device, settings.trust_remote_code)
             self.model = self.copy
-            self.sync_weights(model)  # the policy may already differ from the files (resume, LoRA init)
+        # Every weight: the copy's missing-tensor check below wants them all.
+        self.weight_format: WeightFormat | None = "full" if self.copy is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +95,7 @@ class HFEngine:
             self.model.train(was_training)
         finished = [bool(r) and r[-1] in self.eos_ids for r in responses]
         expanded = [p for p in prompts for _ in range(sampling.n)]
-        return Rollout(prompt_ids=expanded, response_ids=responses, finished=finished)
+        return Rollout(prompt_ids=expanded, response_ids=responses, finished=finished, group_size=sampling.n)
 
     def _generate_chunk(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[int]]:
         n, width = sampling.n, max(len(p) for p in prompts)
@@ -154,13 +148,11 @@ class HFEngine:
         return responses
 
     @torch.no_grad()
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy the policy into the engine's copy (every rank calls it: FSDP2 gathers); none: nothing to do."""
-        if self.copy is None:
-            return
+    def update_weights(self, stream: WeightStream) -> None:
+        """Copy the streamed policy weights into the engine's copy (consumes the whole stream)."""
         targets = self.copy.state_dict()
         written = set()
-        for name, tensor in merged_state_items(model) if is_peft(model) else full_state_items(model):
+        for name, tensor in stream:
             target = targets.get(name)
             if target is not None:
                 target.copy_(tensor)  # casts to the engine's dtype

@@ -4,13 +4,15 @@ Every vLLM call of the project lives in this module. The engine runs in-process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so ``LLM.collective_rpc`` reaches the worker that owns the
 model and weights move as tensors in memory: no restart, nothing written to disk but a LoRA adapter.
 
-Weight sync (``sync_weights``), after every optimizer step:
-  * full fine-tuning: the policy's state dict is streamed, one tensor at a time (``full_tensor()``
-    gathers an FSDP2 shard), into the worker's ``reload_weights``, vLLM's in-place reload that runs
-    the model's own ``load_weights`` and then re-applies any kernel-specific repacking (which is why
-    calling ``model.load_weights`` directly breaks on the CPU backend);
-  * LoRA, ``rollout.lora_sync=merge``: the same stream with ``W + scale * B @ A`` computed on copies of
-    the tensors (the trained model is never touched), peft names mapped back to the base model's;
+Weight sync (``update_weights``), after every optimizer step; the engine names the stream it wants
+(``weight_format``) and ``trainer/weights.py`` builds it from the policy:
+  * full fine-tuning: the policy's state dict is streamed, one tensor at a time, into the worker's
+    ``reload_weights``, vLLM's in-place reload that runs the model's own ``load_weights`` and then
+    re-applies any kernel-specific repacking (which is why calling ``model.load_weights`` directly
+    breaks on the CPU backend);
+  * LoRA, ``rollout.lora_sync=merge``: only the changed tensors, ``W + scale * B @ A`` computed on
+    copies (the trained model is never touched), in the base model's names; every tensor after a
+    level-2 sleep discarded the weights;
   * LoRA, ``rollout.lora_sync=adapter``: only the adapter (a few MB) is saved and served as a
     ``LoRARequest`` with a fresh id, so vLLM cannot reuse the previous step's adapter from its cache.
 
@@ -35,16 +37,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import psutil
 import torch
 
 from tunecli.config.sizes import kv_cache_bytes_per_token
-from tunecli.trainer.rollout.base import Rollout, SamplingSettings
-from tunecli.trainer.rollout.weights import adapter_state, full_state_items, is_peft, merged_state_items
-
-if TYPE_CHECKING:
-    from tunecli.config.schema import Recipe
+from tunecli.trainer.rollout.base import EngineSettings, Rollout, SamplingSettings
+from tunecli.trainer.weights import WeightFormat, WeightStream
 
 # Must be set before vllm is imported: the engine core then runs in this process, so
 # collective_rpc calls a function on the live worker (no pickling of weights, no spawn).
@@ -78,21 +77,21 @@ _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.mo
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
 
-def _kv_cache_bytes_for_cpu(model_path: str, recipe: Recipe, dtype: str) -> int:
+def _kv_cache_bytes_for_cpu(settings: EngineSettings) -> int:
     """KV cache size on the CPU: what max_num_seqs full-length sequences need, capped by the recipe's
     share of RAM. vLLM's own CPU rule (share of RAM minus this process's RSS) breaks when colocated,
     because the trainer's model and optimizer already sit in this process's RSS."""
-    import psutil
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = AutoConfig.from_pretrained(settings.model_path)
     cfg = getattr(cfg, "text_config", cfg)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    per_token = kv_cache_bytes_per_token(layers=cfg.num_hidden_layers, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype)
-    need = recipe.rollout.max_num_seqs * recipe.max_model_len * per_token
-    share = int(recipe.rollout.gpu_memory_utilization * psutil.virtual_memory().total)
-    floor = 4 * recipe.max_model_len * per_token  # vLLM must fit at least a few whole sequences
+    rollout = settings.rollout
+    per_token = kv_cache_bytes_per_token(layers=cfg.num_hidden_layers, kv_heads=kv_heads, head_dim=head_dim, dtype=rollout.dtype)
+    need = rollout.max_num_seqs * settings.max_model_len * per_token
+    share = int(rollout.gpu_memory_utilization * psutil.virtual_memory().total)
+    floor = 4 * settings.max_model_len * per_token  # vLLM must fit at least a few whole sequences
     return max(min(need, share), floor)
 
 
@@ -112,13 +111,13 @@ def _load_weights_into_worker(worker, items: Iterator[tuple[str, torch.Tensor]])
 
 
 class VLLMEngine:
-    """Colocated vLLM: ``generate`` samples, ``sync_weights`` makes the next sample use ``policy``."""
+    """Colocated vLLM: ``generate`` samples, ``update_weights`` makes the next sample use the streamed weights."""
 
-    def __init__(self, recipe: Recipe, model_path: str):
-        self.recipe = recipe
-        cfg = recipe.rollout
-        self.cuda = torch.cuda.is_available() and recipe.trainer.device != "cpu"
-        self.lora_adapter = recipe.model.method == "lora" and cfg.lora_sync == "adapter"
+    def __init__(self, settings: EngineSettings):
+        cfg = settings.rollout
+        self.cuda = torch.cuda.is_available() and settings.device != "cpu"
+        self.lora_adapter = settings.lora_rank is not None and cfg.lora_sync == "adapter"
+        self.lora = settings.lora_rank is not None
         self.sleep_mode = bool(cfg.enable_sleep_mode and self.cuda)
         self._lora_request = None
         self._lora_dir = Path(tempfile.mkdtemp(prefix="tunecli-lora-")) if self.lora_adapter else None
@@ -128,23 +127,22 @@ class VLLMEngine:
         self._weights_discarded = False
         self.last_sync_s = 0.0
 
-        dtype = cfg.dtype
         kwargs: dict = dict(
-            model=model_path,
-            dtype=dtype,
-            seed=recipe.trainer.seed,
-            max_model_len=recipe.max_model_len,
+            model=settings.model_path,
+            dtype=cfg.dtype,
+            seed=settings.seed,
+            max_model_len=settings.max_model_len,
             max_num_seqs=cfg.max_num_seqs,
             tensor_parallel_size=cfg.tensor_model_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager,
-            trust_remote_code=recipe.model.trust_remote_code,
+            trust_remote_code=settings.trust_remote_code,
             logprobs_mode="processed_logprobs",
         )
         if cfg.max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
         if self.lora_adapter:
-            rank = recipe.model.lora_rank
+            rank = settings.lora_rank
             kwargs.update(
                 enable_lora=True,
                 max_loras=1,
@@ -156,13 +154,13 @@ class VLLMEngine:
             # One engine per rank inside torchrun's process group (TRL's colocate mode); the same
             # seed within a tensor-parallel group so its ranks sample identically.
             kwargs["distributed_executor_backend"] = "external_launcher"
-            kwargs["seed"] = recipe.trainer.seed + torch.distributed.get_rank() // cfg.tensor_model_parallel_size
+            kwargs["seed"] = settings.seed + torch.distributed.get_rank() // cfg.tensor_model_parallel_size
         if self.cuda:
             kwargs["enable_sleep_mode"] = self.sleep_mode
         else:
             # enforce_eager=false: no CUDA graphs here, but vLLM compiles its model with torch.compile
             # (inductor): ~40 s more at start, decode ~18% faster on the 2-core test machine.
-            kwargs["kv_cache_memory_bytes"] = _kv_cache_bytes_for_cpu(model_path, recipe, dtype)
+            kwargs["kv_cache_memory_bytes"] = _kv_cache_bytes_for_cpu(settings)
             if cfg.enable_sleep_mode:  # a warning: the recipe asked for something that cannot happen here
                 log.warning("vllm on CPU: rollout.enable_sleep_mode is ignored (no sleep mode on the CPU backend)")
 
@@ -181,7 +179,7 @@ class VLLMEngine:
             torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)
         self.start_s = time.perf_counter() - start
-        log.info("vllm engine started in %.1f s (%s, dtype %s)", self.start_s, model_path, dtype)
+        log.info("vllm engine started in %.1f s (%s, dtype %s)", self.start_s, settings.model_path, cfg.dtype)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -192,7 +190,7 @@ class VLLMEngine:
         if self._asleep:
             raise RuntimeError("VLLMEngine.generate called while asleep: call wake_up() first")
         if self._weights_discarded:
-            raise RuntimeError("the engine's weights were discarded by sleep(): call sync_weights() first")
+            raise RuntimeError("the engine's weights were discarded by sleep(): call update_weights() first")
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -220,12 +218,20 @@ class VLLMEngine:
                     logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs or [], ids)])
                 # "stop": EOS (kept as the last token) or a stop token; "length": hit max_new_tokens
                 finished.append(sample.finish_reason == "stop")
-        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished, logprobs=logprobs)
+        return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished, group_size=sampling.n, logprobs=logprobs)
 
     # -- weight sync ------------------------------------------------------------------------
 
-    def sync_weights(self, policy: torch.nn.Module) -> None:
-        """Make the next ``generate`` sample from ``policy`` (call on every rank: FSDP2 gathers)."""
+    @property
+    def weight_format(self) -> WeightFormat:
+        if self.lora_adapter:
+            return "adapter"
+        # LoRA merge: only the merged layers change; the rest is still what the engine loaded,
+        # unless a level-2 sleep discarded the weights.
+        return "changed" if self.lora and not self._weights_discarded else "full"
+
+    def update_weights(self, stream: WeightStream) -> None:
+        """Make the next ``generate`` sample from the streamed weights (consumes the whole stream)."""
         start = time.perf_counter()
         if self._asleep and not self._weights_awake:
             # The trainer syncs right after its update, while the engine still sleeps: bring back
@@ -233,17 +239,13 @@ class VLLMEngine:
             self.llm.wake_up(tags=["weights"])
             self._weights_awake = True
         with torch.no_grad():
-            if is_peft(policy) and self.lora_adapter:
-                self._push_adapter(policy)
+            if stream.adapter_config is not None:
+                self._push_adapter(stream)
             else:
-                # LoRA: only the merged layers change; the rest is still what the engine loaded,
-                # unless a level-2 sleep discarded the weights.
-                partial = is_peft(policy) and not self._weights_discarded
-                items = merged_state_items(policy, changed_only=partial) if is_peft(policy) else full_state_items(policy)
                 dtype = self.llm.model_config.dtype  # cast here: vLLM warns per tensor otherwise
-                self._reload_warnings.partial = partial
+                self._reload_warnings.partial = stream.partial
                 try:
-                    self._push_weights((n, t.to(dtype) if t.is_floating_point() else t) for n, t in items)
+                    self._push_weights((n, t.to(dtype) if t.is_floating_point() else t) for n, t in stream)
                 finally:
                     self._reload_warnings.partial = False
         self._weights_discarded = False
@@ -256,11 +258,11 @@ class VLLMEngine:
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
 
-    def _push_adapter(self, policy: torch.nn.Module) -> None:
+    def _push_adapter(self, stream: WeightStream) -> None:
         from safetensors.torch import save_file
         from vllm.lora.request import LoRARequest
 
-        state = adapter_state(policy)
+        state = dict(stream)
         if not state:
             raise RuntimeError("rollout.lora_sync=adapter: the policy has no LoRA layers to push")
         old_id = self._lora_id
@@ -268,9 +270,7 @@ class VLLMEngine:
         path = self._lora_dir / f"step-{self._lora_id}"
         path.mkdir()
         save_file(state, str(path / "adapter_model.safetensors"))
-        config = policy.peft_config[policy.active_adapter].to_dict()
-        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
-        (path / "adapter_config.json").write_text(json.dumps(config, default=str))
+        (path / "adapter_config.json").write_text(json.dumps(stream.adapter_config, default=str))
         # A fresh id: vLLM caches adapters by id and would otherwise keep serving the old tensors.
         self._lora_request = LoRARequest(f"policy-{self._lora_id}", self._lora_id, str(path))
         if old_id:

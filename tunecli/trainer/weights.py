@@ -1,19 +1,59 @@
-"""The policy's weights as a stream of (name, full tensor) in the base model's names: what a rollout
-engine with its own copy of the model loads after every update (vLLM, or the hf engine in bf16).
+"""The policy's weights as a stream of (name, tensor): what a rollout engine holding its own copy of
+the model loads after every update (vLLM, or the hf engine in another dtype).
 
-A LoRA policy streams its base weights with ``W + scale * B @ A`` computed on copies, so the trained
-(possibly FSDP2-sharded) parameters are never touched; an FSDP2 shard is gathered one tensor at a
-time (``full_tensor()``, a collective: every rank must consume the stream in the same order).
+The only module that knows about peft and FSDP2 gathering. An engine names the format it wants
+(``WeightFormat``) and receives a ``WeightStream``:
+  * ``full``: every base-model weight, in the base model's names; a LoRA policy streams ``W + scale
+    * B @ A`` computed on copies, so the trained (possibly FSDP2-sharded) parameters are never touched;
+  * ``changed``: only what training changes (LoRA: the merged layers and trainable tensors such as
+    ``modules_to_save``; full fine-tuning: everything), for an engine still holding the rest;
+  * ``adapter``: the LoRA adapter's own tensors and config (vLLM's ``LoRARequest`` mode).
+
+An FSDP2 shard is gathered one tensor at a time (``full_tensor()``, a collective): every rank must
+consume the stream, whole and in the same order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
+WeightFormat = Literal["full", "changed", "adapter"]
+
 _PEFT_PREFIX = "base_model.model."
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+@dataclass
+class WeightStream:
+    """(name, tensor) pairs for an engine, one gathered tensor at a time."""
+
+    tensors: Iterator[tuple[str, torch.Tensor]]
+    partial: bool  # some weights left out: the engine keeps what it holds for them
+    adapter_config: dict[str, Any] | None = None  # format ``adapter``: peft's adapter_config.json
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.tensors
+
+
+def weight_stream(model: torch.nn.Module, weight_format: WeightFormat) -> WeightStream:
+    """``model``'s weights in ``weight_format`` (call on every rank: FSDP2 gathers)."""
+    peft = _is_peft(model)
+    if weight_format == "adapter":
+        if not peft:
+            raise ValueError("weight format 'adapter' needs a LoRA policy (model.method lora)")
+        return WeightStream(_adapter_items(model), partial=True, adapter_config=_adapter_config(model))
+    if not peft:  # full fine-tuning changes every weight
+        return WeightStream(_full_state_items(model), partial=False)
+    changed_only = weight_format == "changed"
+    return WeightStream(_merged_state_items(model, changed_only=changed_only), partial=changed_only)
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "base_model")
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -26,10 +66,6 @@ def _clean_name(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
-
-
-def is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "base_model")
 
 
 def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -45,22 +81,21 @@ def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return layers
 
 
-def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def _full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(vLLM-style name, full tensor) of a transformers model, streamed: one gathered tensor at a time."""
     for name, tensor in model.state_dict().items():
         yield _clean_name(name), _full(tensor).detach()
 
 
-def merged_state_items(model: torch.nn.Module, *, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def _merged_state_items(model: torch.nn.Module, *, changed_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """Base-model weights of a peft model with its adapter merged in, computed on copies.
 
     Mirrors TRL's PEFT sync: drop ``base_model.model.``, drop ``.base_layer``, skip ``lora_`` keys and
     the frozen ``original_module`` copies of ``modules_to_save``. Merging on copies (instead of peft's
     in-place ``merge_adapter``) leaves the trained, possibly sharded, parameters untouched.
 
-    ``changed_only``: only what training changes (the merged LoRA layers and trainable tensors such
-    as ``modules_to_save``); the frozen rest (embeddings, norms: a third of SmolLM2's elements) is
-    what an engine loaded from ``model.path`` already holds.
+    ``changed_only``: the frozen rest (embeddings, norms: a third of SmolLM2's elements) is what an
+    engine loaded from ``model.path`` already holds.
     """
     adapter = model.active_adapter
     layers = _lora_layers(model)
@@ -88,11 +123,15 @@ def merged_state_items(model: torch.nn.Module, *, changed_only: bool = False) ->
         yield name, tensor
 
 
-def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _adapter_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The active adapter's tensors, named as peft saves them (what vLLM's LoRA loader reads)."""
     adapter = model.active_adapter
-    state = {}
     for name, module in _lora_layers(model).items():
-        state[f"{name}.lora_A.weight"] = _full(module.lora_A[adapter].weight).detach().contiguous().cpu()
-        state[f"{name}.lora_B.weight"] = _full(module.lora_B[adapter].weight).detach().contiguous().cpu()
-    return state
+        yield f"{name}.lora_A.weight", _full(module.lora_A[adapter].weight).detach().contiguous().cpu()
+        yield f"{name}.lora_B.weight", _full(module.lora_B[adapter].weight).detach().contiguous().cpu()
+
+
+def _adapter_config(model: torch.nn.Module) -> dict[str, Any]:
+    """peft's config of the active adapter as JSON-ready values (sets as sorted lists)."""
+    config = model.peft_config[model.active_adapter].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
