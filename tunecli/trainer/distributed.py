@@ -178,12 +178,17 @@ def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
 
 def all_reduce_sum(value: float) -> float:
     """Sum a number over ranks: the global token or sample count a loss is normalised by."""
+    return float(all_reduce_sum_tensor(torch.tensor([float(value)]))[0])
+
+
+def all_reduce_sum_tensor(values: torch.Tensor) -> torch.Tensor:
+    """Sum a small tensor over ranks in float64 (batch statistics, e.g. REINFORCE++'s whitening); on the CPU."""
     if not _active():
-        return float(value)
+        return values.to(torch.float64)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item())
+    summed = values.detach().to(device=device, dtype=torch.float64)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.cpu()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The GRPO trainer, readable top to bottom: ``setup`` -> ``train`` (``train_step`` each step) -> ``cleanup``.
 
-One step: take a batch of prompts, sample ``rollout.n`` completions per prompt, score them, turn the
-rewards into group advantages (``_advantages``), update the policy with the clipped surrogate
-(``_policy_loss``), and hand the new weights to the rollout engine (``_sync_engine``). The forward
-passes that score responses live in ``passes.py``; the weight stream in ``weights.py``.
+One step: sample ``rollout.n`` completions per prompt, score them, turn the rewards into advantages
+(``_advantages``), update the policy with the algorithm's loss (``_policy_loss``; both from the registry
+in ``tunecli.algorithms``) and hand the new weights to the engine (``_sync_engine``). The forward
+passes live in ``passes.py``, the weight stream in ``weights.py``.
 
 Ranks: every rank runs this same code (``distributed.py``). A step's prompts are split into whole
 groups per rank, losses are normalised by global counts, and FSDP2 averages gradients, so N ranks
@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 from rich import print as rprint
 
-from tunecli.algorithms import grpo
+from tunecli.algorithms import get_algorithm
+from tunecli.algorithms.advantages import compute_advantages, nonzero_variance_groups
+from tunecli.algorithms.core import normalizer_count
+from tunecli.algorithms.losses import policy_loss
 from tunecli.config import paths
 from tunecli.config.io import dump_recipe
 from tunecli.config.rules import batch_problems
@@ -37,7 +40,7 @@ from tunecli.trainer.rollout import EngineSettings, Rollout, SamplingSettings, m
 from tunecli.trainer.stopping import StopRules
 from tunecli.trainer.weights import weight_stream
 
-# What grpo_loss reports, and how a step averages it (``UpdateAverages``): the loss terms are each
+# What policy_loss reports, and how a step averages it (``UpdateAverages``): the loss terms are each
 # micro-batch's share of its mini-batch's loss, so they add up per optimizer step; the token
 # fractions are one value per micro-batch.
 LOSS_SHARES = {"pg_loss": "actor/pg_loss", "kl": "actor/kl", "entropy": "actor/entropy"}
@@ -47,6 +50,7 @@ TOKEN_FRACTIONS = {"clip_frac": "actor/clip_frac", "dual_clip_frac": "actor/dual
 class Trainer:
     def __init__(self, recipe: Recipe, *, resume: bool | None = None, resume_hint: str | None = None):
         self.recipe = recipe
+        self.algorithm = get_algorithm(recipe.algorithm.name)
         self.resume = recipe.trainer.resume if resume is None else resume
         self.resume_hint = resume_hint or "the same `tune train` command (or `tune run NAME.sh`)"
         self.step = 0
@@ -260,12 +264,14 @@ class Trainer:
     def _advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advantage per sample [N], which samples train [N] (bool), which groups' rewards differ [B]."""
         algorithm, n = self.recipe.algorithm, rollout.group_size
-        estimator = grpo.ALGORITHM_ESTIMATOR[algorithm.name]
-        advantages = grpo.group_advantages(rewards, n, estimator, algorithm.norm_adv_by_std_in_grpo)  # [N]
-        varied = grpo.nonzero_variance_groups(rewards, n)  # [B]
-        # A tied group has advantage 0 everywhere: DAPO leaves it out of the update.
-        filter_groups = algorithm.filter_groups or algorithm.name == "dapo"
-        active = varied.repeat_interleave(n) if filter_groups else torch.ones(len(rollout), dtype=torch.bool)  # [N]
+        varied = nonzero_variance_groups(rewards, n)  # [B]
+        # A tied group has advantage 0 everywhere; algorithm.filter_groups (DAPO's default) leaves it out.
+        active = varied.repeat_interleave(n) if algorithm.filter_groups else torch.ones(len(rollout), dtype=torch.bool)  # [N]
+        lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32) * active  # [N]
+        advantages = compute_advantages(
+            self.algorithm.advantage, rewards, n, lengths=lengths, norm_by_std=algorithm.norm_adv_by_std_in_grpo,
+            all_reduce=distributed.all_reduce_sum_tensor,
+        )  # [N]
         return advantages, active, varied
 
     def _sync_engine(self) -> None:
@@ -295,7 +301,7 @@ class Trainer:
             for mb in minibatches:
                 # Global normaliser: this mini-batch's token (or sequence) count over all ranks.
                 local_mask = response_mask([rollout.response_ids[i] for i in mb], [bool(active[i]) for i in mb])  # [m, R]
-                normalizer = distributed.all_reduce_sum(grpo.normalizer_count(local_mask, actor.loss_agg_mode))
+                normalizer = distributed.all_reduce_sum(normalizer_count(local_mask, actor.loss_agg_mode))
                 if normalizer == 0:
                     continue  # every group of this mini-batch was filtered out on every rank
                 self.optimizer.zero_grad(set_to_none=True)
@@ -380,8 +386,8 @@ class Trainer:
         """This micro-batch's share of the mini-batch loss (a scalar) and its statistics (``LOSS_SHARES``,
         ``TOKEN_FRACTIONS``). logp, old_logp, ref_logp | None, mask, entropy: [m, R]; advantages: [m]."""
         actor = self.recipe.actor
-        return grpo.grpo_loss(
-            logp, old_logp, advantages, mask,
+        return policy_loss(
+            logp, old_logp, advantages, mask, loss_mode=self.algorithm.policy_loss,
             clip_low=actor.clip_ratio_low, clip_high=actor.clip_ratio_high, clip_ratio_c=actor.clip_ratio_c,
             loss_agg_mode=actor.loss_agg_mode, max_response_length=self.recipe.data.max_response_length,
             ref_logp=ref_logp, kl_coef=actor.kl_loss_coef if actor.use_kl_loss else 0.0, kl_type=actor.kl_loss_type,
@@ -398,9 +404,8 @@ class Trainer:
         sampling = SamplingSettings(n=1, temperature=0.0, max_new_tokens=self.recipe.data.max_response_length)
         rollout = self._generate(prompts, sampling) if prompts else None
         rewards = self._score(prompts, rollout) if prompts else torch.zeros(0)
-        correct = distributed.all_reduce_sum(float((rewards >= 1.0).sum()))
-        total = distributed.all_reduce_sum(float(len(rewards)))
-        reward_sum = distributed.all_reduce_sum(float(rewards.sum()))
+        counts = torch.tensor([float((rewards >= 1.0).sum()), float(len(rewards)), float(rewards.sum())])  # [3]
+        correct, total, reward_sum = distributed.all_reduce_sum_tensor(counts).tolist()  # one collective
         metrics = {"val/acc": correct / max(total, 1), "val/reward": reward_sum / max(total, 1), "timing/val_s": now() - t0}
         self.stop.last_validation_s = metrics["timing/val_s"]
         self.logger.log(self.step, metrics, show=False)
