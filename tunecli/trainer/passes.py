@@ -14,6 +14,7 @@ The samples of a GRPO group share their prompt, most of the tokens in short-answ
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -117,10 +118,8 @@ def _score_chunks(settings: PassSettings, chunks: list[LogitChunk], rollout: Rol
     return _in_order(settings, rollout, indices, parts, entropy)
 
 
-class FullSequencePass:
-    """One pass per length bucket over [prompt | response] rows: the straightforward way."""
-
-    micro_batch_order = staticmethod(by_length)
+class _LogitChunkPass(ABC):
+    """A pass that produces logits in chunks (``logit_chunks``) and scores them with the blocked kernel."""
 
     def __init__(self, settings: PassSettings):
         self.settings = settings
@@ -129,6 +128,16 @@ class FullSequencePass:
         with self.settings.autocast():
             chunks = self.logit_chunks(model, rollout, indices)
         return _score_chunks(self.settings, chunks, rollout, indices, entropy, entropy_grad)
+
+    @abstractmethod
+    def logit_chunks(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
+        """Logits of the responses of ``indices``, one chunk per forward pass."""
+
+
+class FullSequencePass(_LogitChunkPass):
+    """One pass per length bucket over [prompt | response] rows: the straightforward way."""
+
+    micro_batch_order = staticmethod(by_length)
 
     def logit_chunks(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
         device = self.settings.device
@@ -152,7 +161,7 @@ class FullSequencePass:
         return chunks
 
 
-class SharedPromptPass:
+class SharedPromptPass(_LogitChunkPass):
     """Each group's prompt once, then the responses on its KV cache, in length buckets.
 
     Gradients flow into the shared prompt pass through the cache (index_select is differentiable).
@@ -160,14 +169,6 @@ class SharedPromptPass:
     """
 
     micro_batch_order = staticmethod(by_group)
-
-    def __init__(self, settings: PassSettings):
-        self.settings = settings
-
-    def __call__(self, model, rollout: Rollout, indices: list[int], *, entropy: bool, entropy_grad: bool = False) -> TokenScores:
-        with self.settings.autocast():
-            chunks = self.logit_chunks(model, rollout, indices)
-        return _score_chunks(self.settings, chunks, rollout, indices, entropy, entropy_grad)
 
     def logit_chunks(self, model, rollout: Rollout, indices: list[int]) -> list[LogitChunk]:
         from transformers import DynamicCache
