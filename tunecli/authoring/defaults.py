@@ -160,9 +160,16 @@ def _apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> None:
         put_path(data, k, copy.deepcopy(v))
 
 
+def _named_entry(menu: str, name: str, flag: str, custom_needs: str):
+    """The catalogue entry ``name`` of ``menu``; 'custom' is a menu item, not a value, and is refused."""
+    entry = load_catalog().get(menu, name, field=flag)
+    if entry.name == "custom":
+        raise TuneError(f"{flag} custom needs {custom_needs}.", field=flag)
+    return entry
+
+
 def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
-    cat = load_catalog()
-    entry = cat.find("datasets", dataset)
+    entry = load_catalog().find("datasets", dataset)
     if entry is None and (Path(dataset).suffix in (".jsonl", ".parquet", ".json") or Path(dataset).exists()):
         path = Path(dataset).expanduser()
         train = str(path.resolve()) if path.exists() else dataset
@@ -174,13 +181,8 @@ def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
         if is_gsm8k and test is not None:
             put_path(data, "data.val_files", str(test.resolve()))
         return
-    entry = cat.get("datasets", dataset, field="--dataset")
-    if entry.name == "custom":
-        raise TuneError(
-            "--dataset custom needs the file itself: pass its path instead, e.g. --dataset data/my.jsonl "
-            "(with --set data.prompt_key=... --set data.answer_key=... if the columns differ).",
-            field="--dataset",
-        )
+    entry = _named_entry("datasets", dataset, "--dataset", "the file itself: pass its path instead, e.g. --dataset "
+                         "data/my.jsonl (with --set data.prompt_key=... --set data.answer_key=... if the columns differ)")
     put_path(data, "data.dataset", entry.name)
     if entry.kind == "file":
         if entry.train_files and not get_path(data, "data.train_files"):
@@ -190,20 +192,14 @@ def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
 
 
 def _reward_choice(data: dict[str, Any], reward: str) -> None:
-    cat = load_catalog()
     if ":" in reward and reward.rsplit(":", 1)[0].endswith(".py"):
         file, func = reward.rsplit(":", 1)
         # Absolute, so NAME.sh works from any directory.
         path = Path(file).expanduser()
         put_path(data, "reward.function", f"{path.resolve()}:{func}" if path.is_file() else reward)
         return
-    entry = cat.get("rewards", reward, field="--reward")
-    if entry.name == "custom":
-        raise TuneError(
-            "--reward custom needs the function itself: pass path/to/file.py:function, e.g. "
-            "--reward rewards.py:my_reward (signature: prompt, completion, ground_truth, **kwargs).",
-            field="--reward",
-        )
+    entry = _named_entry("rewards", reward, "--reward", "the function itself: pass path/to/file.py:function, e.g. "
+                         "--reward rewards.py:my_reward (signature: prompt, completion, ground_truth, **kwargs)")
     put_path(data, "reward.function", entry.name)
 
 

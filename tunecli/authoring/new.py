@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -17,11 +17,11 @@ from tunecli.authoring.checks import Report, check_recipe
 from tunecli.authoring.defaults import Choices, build_recipe
 from tunecli.authoring.render import Rendered, render, write_files, yaml_value
 from tunecli.catalog import PresetEntry
-from tunecli.config.schema import Recipe
+from tunecli.config.schema import LaunchConfig, Recipe
 from tunecli.errors import TuneError, did_you_mean, field_error
 
 DEFAULT_OUT = Path("generated")
-LAUNCHERS = ("local", "slurm")
+LAUNCHERS = get_args(LaunchConfig.model_fields["launcher"].annotation)  # the schema's choices
 
 
 @dataclass
