@@ -18,15 +18,32 @@ from tunecli.config.io import load_recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 
 
+# The flags that choose how a run starts; `tune run`, `tune train` and this entry point share them.
+NO_RESUME_HELP = "Start over instead of resuming the latest checkpoint; the old run is moved aside (RUN_DIR.1)."
+OVERWRITE_HELP = "With --no-resume: delete the old run instead of moving it aside."
+BREAK_LOCK_HELP = "Take over a run directory whose lock names a process that cannot be checked from here."
+START_FLAGS = ("--no-resume", "--overwrite", "--break-lock")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tunecli.train", description="Run the bundled GRPO trainer.")
     parser.add_argument("--config", required=True, help="Recipe NAME.yaml (or NAME.sh: its YAML is used).")
-    parser.add_argument("--no-resume", action="store_true", help="Start over instead of resuming the latest checkpoint.")
+    parser.add_argument("--no-resume", action="store_true", help=NO_RESUME_HELP)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. actor.lr=1e-5")
     return parser.parse_args(argv)
 
 
-def train(config: str, overrides: list[str], *, no_resume: bool = False, command: list[str]) -> int:
+def train(
+    config: str,
+    overrides: list[str],
+    *,
+    no_resume: bool = False,
+    overwrite: bool = False,
+    break_lock: bool = False,
+    command: list[str],
+) -> int:
     """Load the recipe, train it in this process, and return the exit code (1 for a user error).
 
     ``command`` is how the user started this run; an interrupted run tells them to type it again.
@@ -40,8 +57,9 @@ def train(config: str, overrides: list[str], *, no_resume: bool = False, command
             )
         from tunecli.trainer.loop import run_training  # torch and transformers: only for a real run
 
-        hint = resume_hint("`" + shlex.join([c for c in command if c != "--no-resume"]) + "`")
-        return run_training(recipe, resume=False if no_resume else None, resume_hint=hint)
+        hint = resume_hint("`" + shlex.join([c for c in command if c not in START_FLAGS]) + "`")
+        return run_training(recipe, resume=False if no_resume else None, overwrite=overwrite,
+                            break_lock=break_lock, resume_hint=hint)
     except TuneError as e:
         console.error(str(e))
         return 1
@@ -50,7 +68,8 @@ def train(config: str, overrides: list[str], *, no_resume: bool = False, command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ["python", "-m", "tunecli.train", *(argv if argv is not None else sys.argv[1:])]
-    return train(args.config, args.overrides, no_resume=args.no_resume, command=command)
+    return train(args.config, args.overrides, no_resume=args.no_resume, overwrite=args.overwrite,
+                 break_lock=args.break_lock, command=command)
 
 
 def resume_hint(default: str) -> str:

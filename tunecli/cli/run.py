@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from tunecli import console
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
+from tunecli.train import BREAK_LOCK_HELP, NO_RESUME_HELP, OVERWRITE_HELP
 
 EPILOG = (
     "Examples:  tune run generated/quickstart.sh  ·  tune run generated/quickstart.sh --dry-run  ·  "
@@ -24,7 +25,9 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None, help="section.key=value overrides after `--`, e.g. -- rollout.n=8"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the command lines; run nothing."),
         trust: bool = typer.Option(False, "--trust", help="Run a script that tunecli did not write."),
-        no_resume: bool = typer.Option(False, "--no-resume", help="Start over instead of resuming the latest checkpoint."),
+        no_resume: bool = typer.Option(False, "--no-resume", help=NO_RESUME_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+        break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
     ) -> None:
         """Check the recipe (header hash, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
         from tunecli.launch import hardware, plan as planning
@@ -41,7 +44,7 @@ def register(app: typer.Typer) -> None:
                     console.warning(w)
                 for n in report.notes:
                     console.info(n)
-            launch = planning.plan(target, overrides, no_resume=no_resume)
+            launch = planning.plan(target, overrides, no_resume=no_resume, overwrite=overwrite, break_lock=break_lock)
         except TuneError as e:
             console.error(str(e))
             raise typer.Exit(1) from None

@@ -91,6 +91,11 @@ class RewardConfig(Section):
     )
     format_pattern: str | None = Field(None, description="Regex a completion must match (reward 'format').")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the reward.")
+    timeout_s: float | None = Field(
+        30.0, gt=0, le=86_400,
+        description="Most seconds one reward call may take; a slower call stops the run with the sample. "
+        "null: no limit.",
+    )
     truncated_score: float | None = Field(
         None,
         description="Score of a response cut at data.max_response_length (no EOS) instead of running the reward; "
@@ -195,6 +200,9 @@ class TrainerConfig(Section):
     val_before_train: bool = Field(True, description="Measure validation accuracy before the first step.")
     seed: int = Field(0, description="Seed for data order, sampling and init.")
     default_local_dir: str | None = Field(None, description="Run directory; default runs/<experiment_name>.")
+    max_checkpoints: int | None = Field(
+        3, ge=1, le=10_000, description="Keep the last K checkpoints of the run, delete older ones; null keeps all."
+    )
     resume: bool = Field(True, description="Resume from the latest checkpoint in the run directory.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
     num_threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores/ranks).")

@@ -196,8 +196,11 @@ class LaunchPlan:
         return out
 
 
-def plan(target: RunTarget, overrides: list[str], *, no_resume: bool = False) -> LaunchPlan:
-    args = [*(["--no-resume"] if no_resume else []), *overrides]
+def plan(
+    target: RunTarget, overrides: list[str], *, no_resume: bool = False, overwrite: bool = False, break_lock: bool = False
+) -> LaunchPlan:
+    flags = {"--no-resume": no_resume, "--overwrite": overwrite, "--break-lock": break_lock}
+    args = [*(flag for flag, on in flags.items() if on), *overrides]
     recipe = target.recipe
     # What an interrupted trainer tells the user to type (without --no-resume: resuming is the point).
     hint = "`" + shlex.join(["tune", "run", str(target.path), *(["--", *overrides] if overrides else [])]) + "`"

@@ -12,7 +12,6 @@ compute the same update as one process over the whole batch.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from pathlib import Path
@@ -37,6 +36,8 @@ from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverag
 from tunecli.trainer.passes import PassSettings, choose_pass
 from tunecli.trainer.policy import load_policy
 from tunecli.trainer.rollout import EngineSettings, Rollout, SamplingSettings, make_engine
+from tunecli.trainer.schedule import lr_lambda
+from tunecli.trainer.scoring import score_rollout
 from tunecli.trainer.stopping import StopRules
 from tunecli.trainer.weights import weight_stream
 
@@ -48,10 +49,15 @@ TOKEN_FRACTIONS = {"clip_frac": "actor/clip_frac", "dual_clip_frac": "actor/dual
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, *, resume: bool | None = None, resume_hint: str | None = None):
+    def __init__(
+        self, recipe: Recipe, *, resume: bool | None = None, overwrite: bool = False, break_lock: bool = False,
+        resume_hint: str | None = None,
+    ):
         self.recipe = recipe
         self.algorithm = get_algorithm(recipe.algorithm.name)
-        self.resume = recipe.trainer.resume if resume is None else resume
+        # --overwrite starts over too: it deletes the old run instead of moving it aside.
+        self.resume = False if overwrite else (recipe.trainer.resume if resume is None else resume)
+        self.overwrite, self.break_lock = overwrite, break_lock
         self.resume_hint = resume_hint or "the same `tune train` command (or `tune run NAME.sh`)"
         self.step = 0
         self.engine = None
@@ -110,16 +116,7 @@ class Trainer:
     def _setup_optimizer(self) -> None:
         actor = self.recipe.actor
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=actor.lr, weight_decay=actor.weight_decay)
-        warmup, total, kind = actor.lr_warmup_steps, self.total_steps, actor.lr_scheduler_type
-
-        def lr_factor(step: int) -> float:  # stepped once per training step, as verl does
-            if step < warmup:
-                return (step + 1) / warmup
-            if kind == "cosine":
-                progress = (step - warmup) / max(1, total - warmup)
-                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-            return 1.0
-
+        lr_factor = lr_lambda(actor.lr_warmup_steps, self.total_steps, actor.lr_scheduler_type)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
 
     def _resume_or_start(self) -> None:
@@ -245,21 +242,8 @@ class Trainer:
         return rollout
 
     def _score(self, prompts: list[PromptSample], rollout: Rollout) -> torch.Tensor:
-        """Reward per sample, [N]. A reward that raises stops the run with the sample in the message.
-
-        ``reward.truncated_score`` (when set) replaces the reward of responses cut at the length limit:
-        an answer cut mid-way is not an answer, and crediting it lets the policy drift into rambling.
-        """
-        truncated_score = self.recipe.reward.truncated_score
-        completions = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        rewards = []
-        for k, completion in enumerate(completions):
-            if truncated_score is not None and not rollout.finished[k]:
-                rewards.append(truncated_score)
-                continue
-            prompt = prompts[rollout.group_of(k)]
-            rewards.append(self.reward_fn(prompt.text, completion, prompt.example.ground_truth, **prompt.example.extra))
-        return torch.tensor(rewards, dtype=torch.float32)
+        """Reward per sample, [N] (``scoring.score_rollout``)."""
+        return score_rollout(self.reward_fn, self.tokenizer, prompts, rollout, self.recipe.reward.truncated_score)
 
     def _advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advantage per sample [N], which samples train [N] (bool), which groups' rewards differ [B]."""
@@ -435,10 +419,13 @@ class Trainer:
         distributed.shutdown()
 
 
-def run_training(recipe: Recipe, *, resume: bool | None = None, resume_hint: str | None = None) -> int:
+def run_training(
+    recipe: Recipe, *, resume: bool | None = None, overwrite: bool = False, break_lock: bool = False,
+    resume_hint: str | None = None,
+) -> int:
     """setup -> train -> cleanup; returns the process exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = Trainer(recipe, resume=resume, resume_hint=resume_hint)
+    trainer = Trainer(recipe, resume=resume, overwrite=overwrite, break_lock=break_lock, resume_hint=resume_hint)
     try:
         trainer.setup()
         code = trainer.train()
