@@ -113,6 +113,25 @@ def _state_dict_options(loading: bool = False):
     return StateDictOptions(ignore_frozen_params=True, strict=not loading)
 
 
+def _without_frozen(model: torch.nn.Module, model_sd: dict[str, Any]) -> dict[str, Any]:
+    """Drop every name of a frozen parameter, aliases included.
+
+    ``ignore_frozen_params`` walks ``named_parameters()``, which lists a shared tensor once, so the
+    second name of a tied weight (a LoRA model's frozen lm_head, tied to the embeddings: 113 MB of
+    SmolLM2-135M) stayed in every checkpoint.
+    """
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in model_sd.items() if k not in frozen}
+
+
+def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a checkpoint holds (the same selection on save and load): trainable weights + optimizer."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+    return _without_frozen(model, model_sd), optim_sd
+
+
 def save(
     run_dir: Path,
     step: int,
@@ -123,7 +142,6 @@ def save(
 ) -> Path:
     """Write step_N atomically (a collective: every rank calls it). Returns the final directory."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     root = checkpoints_dir(run_dir)
     final, tmp = step_dir(run_dir, step), root / f".tmp-step_{step}"
@@ -131,7 +149,7 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     distributed.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+    model_sd, optim_sd = _state_dicts(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "model_optim"))
     torch.save(rng_state(), tmp / f"rng_rank{distributed.rank()}.pt")
     if distributed.is_main():
@@ -151,16 +169,16 @@ def save(
 def load(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore weights, optimizer and this rank's RNG in place; return the trainer state."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     if optimizer is None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-        model_sd = get_model_state_dict(model, options=_state_dict_options())
+        model_sd = _without_frozen(model, get_model_state_dict(model, options=_state_dict_options()))
         dcp.load({"model": model_sd}, checkpoint_id=str(ckpt / "model_optim"))
         set_model_state_dict(model, model_sd, options=_state_dict_options(loading=True))
         return torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
+    model_sd, optim_sd = _state_dicts(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(ckpt / "model_optim"))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_state_dict_options(loading=True))
