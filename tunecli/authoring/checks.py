@@ -151,28 +151,35 @@ def check_memory(ctx: Context, report: Report) -> Iterator[TuneError]:
                               f"its weights ({weights / GiB:.1f} GiB per tensor-parallel rank) and one {r.max_model_len}-token "
                               "sequence need more", f"raise it to {util:.2f} or raise rollout.tensor_model_parallel_size.")
     if not mem.fits:
-        suggestions = []
-        if r.model.method == "full":
-            suggestions.append("--method lora")
-        if not r.actor.param_offload:
-            suggestions.append("actor.param_offload=true")
-        if not r.actor.optimizer_offload:
-            suggestions.append("actor.optimizer_offload=true")
-        if not r.model.enable_gradient_checkpointing:
-            suggestions.append("model.enable_gradient_checkpointing=true")
-        if ctx.hw.kind == "gpu":
-            suggestions.append("more GPUs (--gpus / --nodes) with --strategy fsdp2")
-        suggestions.append("a smaller actor.ppo_micro_batch_size_per_gpu or data.max_response_length")
-        if r.rollout.name == "vllm":
-            suggestions.append("a lower rollout.gpu_memory_utilization")
         where = "per process" if ctx.hw.kind == "cpu" else "per GPU"
         yield TuneError(
             f"Memory: the estimated peak {where} is {mem.peak / GiB:.1f} GiB but the {ctx.hw.name} has "
             f"{mem.budget / GiB:.1f} GiB, {mem.over / GiB:.1f} GiB too much ({mem.breakdown()}; "
             f"model '{r.model.path}', {shape.params / 1e9:.2f}B parameters, method {r.model.method}). "
-            f"Fix: {'; or '.join(suggestions)}.",
+            f"Fix: {'; or '.join(_memory_fixes(r, ctx.hw, mem))}.",
             field="memory",
         )
+
+
+def _memory_fixes(r: Recipe, hw: HardwareEntry, mem: MemoryEstimate) -> list[str]:
+    """The settings that lower the peak, the largest contributor's first."""
+    fixes = []
+    samples = mem.generation + mem.parts.get("rollout batch", 0)
+    if samples > mem.activations:  # the step's samples dominate: fewer of them, or fewer decoded at once
+        fixes.append(f"a smaller rollout.n (now {r.rollout.n}), data.train_batch_size, "
+                     "rollout.max_num_seqs or data.max_response_length")
+    if r.model.method == "full":
+        fixes.append("--method lora")
+    if hw.kind == "gpu":  # on a CPU the weights already live in RAM: offloading changes nothing
+        fixes += [f"actor.{key}=true" for key in ("param_offload", "optimizer_offload") if not getattr(r.actor, key)]
+    if not r.model.enable_gradient_checkpointing:
+        fixes.append("model.enable_gradient_checkpointing=true")
+    if hw.kind == "gpu":
+        fixes.append("more GPUs (--gpus / --nodes) with --strategy fsdp2")
+    fixes.append("a smaller actor.ppo_micro_batch_size_per_gpu or data.max_response_length")
+    if r.rollout.name == "vllm":
+        fixes.append("a lower rollout.gpu_memory_utilization")
+    return fixes
 
 
 def check_recipe(recipe: Recipe) -> Report:

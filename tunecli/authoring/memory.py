@@ -14,6 +14,18 @@ the allocator to the megabyte. Assumptions (stated once, here):
 - The rollout engine takes ``gpu_memory_utilization`` of the device (vLLM: weights + KV cache). With
   sleep mode it releases that memory while training, so the peak is the larger phase, else the sum.
   On a CPU the share is RAM for the KV cache only and the engine's bf16 weights come on top.
+- The step's samples (train_batch_size / processes prompts x rollout.n) are held from generation to
+  the end of the update, each padded to the full prompt + response length: per response token
+  ``DEVICE_BYTES_PER_RESPONSE_TOKEN`` on the device (old and reference log-probs, advantage, mask,
+  fp32), and on a CPU per token also ``HOST_BYTES_PER_TOKEN`` (the ids as python ints and as padded
+  int64 tensors, which live in host memory).
+- Generation is transient (freed before the training passes, so it counts against the activations,
+  not on top of them). The hf engine decodes ``max_num_seqs // n`` prompts x n samples at once
+  (at least one prompt's group): their KV cache at full length plus ``SAMPLER_BYTES_PER_LOGIT`` per
+  vocabulary entry; in a dtype other than the policy's it keeps its own copy of the weights, else
+  FSDP2 gathers the full weights for generation. vLLM on a GPU sizes its KV cache after a profile
+  run that includes the sampler, so its share covers it; on a CPU its per-step sampler tensors
+  (up to max_num_seqs x vocab) come on top of the KV-cache share.
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ from tunecli.catalog import HardwareEntry, ModelEntry
 from tunecli.config.sizes import DTYPE_BYTES, GiB, kv_cache_bytes_per_token
 
 FILL = 0.5
+HOST_BYTES_PER_TOKEN = 48  # a python int in a list (36) + a padded int64 id (8) + its mask (4)
+DEVICE_BYTES_PER_RESPONSE_TOKEN = 16  # old and reference log-probs, advantage, mask (fp32 each)
+SAMPLER_BYTES_PER_LOGIT = 24  # hf: fp32 logits + the sampler's float64 softmax and cumulative sum
+VLLM_SAMPLER_BYTES_PER_LOGIT = 12  # fp32 logits, probabilities and log-probs
 _ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,6 +64,7 @@ class MemoryEstimate:
     activations: int = 0
     engine: int = 0
     sleep_mode: bool = False
+    generation: int = 0  # transient: the rollout's KV cache and sampler tensors
 
     @property
     def resident(self) -> int:
@@ -56,8 +73,8 @@ class MemoryEstimate:
     @property
     def peak(self) -> int:
         if self.sleep_mode:
-            return self.resident + max(self.engine, self.activations)
-        return self.resident + self.engine + self.activations
+            return self.resident + max(self.engine + self.generation, self.activations)
+        return self.resident + self.engine + max(self.generation, self.activations)
 
     @property
     def fits(self) -> bool:
@@ -68,13 +85,15 @@ class MemoryEstimate:
         return max(0, self.peak - self.budget)
 
     def breakdown(self) -> str:
-        items = [*self.parts.items(), ("activations", self.activations), ("engine", self.engine)]
+        items = [*self.parts.items(), ("activations", self.activations), ("engine", self.engine),
+                 ("generation", self.generation)]
         return ", ".join(f"{k} {v / GiB:.1f}" for k, v in items if v) + " GiB"
 
     def rows(self) -> list[tuple[str, str]]:
         rows = [(k, f"{v / GiB:.2f} GiB") for k, v in self.parts.items()]
         rows += [("activations (one micro-batch)", f"{self.activations / GiB:.2f} GiB")]
         rows += [("rollout engine share", f"{self.engine / GiB:.2f} GiB")]
+        rows += [("rollout generation (KV cache, sampler)", f"{self.generation / GiB:.2f} GiB")]
         phase = " (sleep mode: larger phase)" if self.sleep_mode else ""
         rows += [(f"peak per device{phase}", f"{self.peak / GiB:.2f} of {self.budget / GiB:.1f} GiB")]
         return rows
@@ -104,6 +123,7 @@ def estimate(recipe, shape: ModelEntry, hw: HardwareEntry) -> MemoryEstimate:
     parts["optimizer (AdamW fp32)"] = 0 if actor.optimizer_offload else trainable * 8 // shard
     if not lora and actor.use_kl_loss:
         parts["reference model"] = 2 * layer_params * wb if actor.param_offload else params * wb // shard
+    parts["rollout batch"] = rollout_batch_bytes(recipe, hw)
 
     # Activations of one micro-batch on one rank.
     seq = recipe.data.max_prompt_length + recipe.data.max_response_length
@@ -120,16 +140,59 @@ def estimate(recipe, shape: ModelEntry, hw: HardwareEntry) -> MemoryEstimate:
     logits = tokens * shape.vocab * wb  # log-probs are gathered from the logits of the micro-batch
     activations = act + logits
 
-    engine = 0
+    rollout = recipe.rollout
+    engine = engine_bytes(recipe, shape, hw, budget)
+    sleep = bool(rollout.enable_sleep_mode and rollout.name == "vllm" and hw.kind == "gpu")
+    generation = generation_bytes(recipe, shape, hw)
+    if rollout.name == "hf" and not engine:  # it generates with the policy, whose full weights FSDP2 gathers
+        weights_on_device = next(v for k, v in parts.items() if k.startswith("weights"))
+        generation += max(0, params * wb - weights_on_device)
+    return MemoryEstimate(hw.name, budget, parts, activations, engine, sleep, generation)
+
+
+def engine_bytes(recipe, shape: ModelEntry, hw: HardwareEntry, budget: int) -> int:
+    """What the rollout engine keeps for the whole run: vLLM's share, or the hf engine's own copy."""
     rollout = recipe.rollout
     if rollout.name == "vllm":
         if hw.kind == "cpu":
-            engine = int(rollout.gpu_memory_utilization * hw.memory_bytes()) // launch.n_gpus_per_node
-            engine += params * DTYPE_BYTES[rollout.dtype]
-        else:
-            engine = int(rollout.gpu_memory_utilization * budget)
-    sleep = bool(rollout.enable_sleep_mode and rollout.name == "vllm" and hw.kind == "gpu")
-    return MemoryEstimate(hw.name, budget, parts, activations, engine, sleep)
+            share = int(rollout.gpu_memory_utilization * hw.memory_bytes()) // recipe.launch.n_gpus_per_node
+            return share + shape.params * DTYPE_BYTES[rollout.dtype]
+        return int(rollout.gpu_memory_utilization * budget)
+    if hf_engine_dtype(recipe) != recipe.model.dtype:
+        return shape.params * DTYPE_BYTES[hf_engine_dtype(recipe)]
+    return 0
+
+
+def prompts_per_rank(recipe) -> int:
+    return -(-recipe.data.train_batch_size // recipe.launch.world_size)
+
+
+def rollout_batch_bytes(recipe, hw: HardwareEntry) -> int:
+    """The step's samples on one rank, held from generation to the end of the update."""
+    d = recipe.data
+    samples = prompts_per_rank(recipe) * recipe.rollout.n
+    held = samples * d.max_response_length * DEVICE_BYTES_PER_RESPONSE_TOKEN
+    if hw.kind == "cpu":
+        held += samples * (d.max_prompt_length + d.max_response_length) * HOST_BYTES_PER_TOKEN
+    return held
+
+
+def hf_engine_dtype(recipe) -> str:
+    return recipe.model.dtype if recipe.rollout.dtype == "auto" else recipe.rollout.dtype
+
+
+def generation_bytes(recipe, shape: ModelEntry, hw: HardwareEntry) -> int:
+    """What one rank's engine allocates for the sequences it decodes together (freed after the rollout)."""
+    r, d = recipe.rollout, recipe.data
+    if r.name == "hf":
+        seqs = min(prompts_per_rank(recipe), max(1, r.max_num_seqs // r.n)) * r.n  # as HFEngine.generate
+        kv = kv_cache_bytes_per_token(layers=shape.layers, kv_heads=shape.kv_heads, head_dim=shape.head_size,
+                                      dtype=hf_engine_dtype(recipe))
+        return seqs * (kv * (d.max_prompt_length + d.max_response_length) + shape.vocab * SAMPLER_BYTES_PER_LOGIT)
+    if hw.kind == "cpu":
+        seqs = min(r.max_num_seqs, prompts_per_rank(recipe) * r.n)
+        return seqs * shape.vocab * VLLM_SAMPLER_BYTES_PER_LOGIT
+    return 0
 
 
 def engine_weights_per_rank(recipe, shape: ModelEntry) -> int:

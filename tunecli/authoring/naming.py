@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tunecli.config.schema import NAME_RE
 from tunecli.errors import TuneError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STRATEGY_IN_NAME = {"fsdp2": "fsdp", "none": "none"}
 
 

@@ -10,8 +10,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunecli.errors import TuneError, did_you_mean
-from tunecli.config.keys import section_model
-from tunecli.config.schema import Recipe
+from tunecli.config.keys import field_info, section_model
+from tunecli.config.schema import Recipe, allowed_range
 
 
 def parse_value(text: str) -> Any:
@@ -87,7 +87,10 @@ def format_validation_error(err: ValidationError, source: str = "recipe") -> Tun
         else:
             value = e.get("input")
             shown = value if not isinstance(value, (dict, list)) else type(value).__name__
-            lines.append(f"'{loc}' = {shown!r}: {e['msg'].rstrip('.')}")
+            info = field_info(Recipe, loc)
+            allowed = allowed_range(info) if info is not None and e["type"] != "value_error" else None
+            hint = f"; use a number {allowed}" if allowed else ""
+            lines.append(f"'{loc}' = {shown!r}: {e['msg'].removeprefix('Value error, ').rstrip('.')}{hint}")
     return TuneError(
         f"Invalid {source}: " + "; ".join(lines) + ". Fix the value in the YAML or with --set section.key=value.",
         field=first_field,

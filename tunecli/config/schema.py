@@ -14,9 +14,12 @@ Batch-size semantics (the #1 confusion in verl threads), all counted in *prompts
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from tunecli.algorithms import (
     KLType,
@@ -31,12 +34,33 @@ Engine = Literal["vllm", "hf"]
 Strategy = Literal["fsdp2", "none"]
 # The model that ships with tunecli (SmolLM2-135M-Instruct): the default, needs no download.
 EMBEDDED_MODEL = "smollm2-135m"
+# A file or directory name: letters, digits, '.', '_', '-' (and not '.' or '..').
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Upper bounds far above any real recipe that still catch a typo (an extra zero, a stray exponent)
+# before it becomes an hour-long out-of-memory or a NaN model.
+MAX_TOKENS = 1 << 20  # one sequence part (prompt or response): 1M tokens, the longest context models have
+MAX_BATCH = 1 << 16  # prompts or samples in one batch
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**31 - 1  # every library takes it (numpy and vLLM want < 2**32; a rank is added)
+
+
+def allowed_range(info: FieldInfo) -> str | None:
+    """'> 0 and <= 1' for a bounded number field (for error messages), None for any other field."""
+    words = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    parts = [f"{sign} {_number(getattr(m, key))}" for m in info.metadata for key, sign in words.items() if hasattr(m, key)]
+    return " and ".join(parts) or None
+
+
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 class Section(BaseModel):
     """A config group: unknown keys are errors (reported with a 'did you mean')."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/nan anywhere: one non-finite number silently turns every weight into NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -45,8 +69,8 @@ class ModelConfig(Section):
         description="Model to train: 'smollm2-135m' (embedded, no download), a local HF directory, or a hub id.",
     )
     method: Method = Field("lora", description="'lora' trains a peft adapter; 'full' trains every weight.")
-    lora_rank: int = Field(16, ge=0, description="LoRA rank r (method lora). verl's examples use 32.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha; the adapter is scaled by alpha / rank.")
+    lora_rank: int = Field(16, ge=0, le=4096, description="LoRA rank r (method lora). verl's examples use 32.")
+    lora_alpha: int = Field(32, ge=1, le=65_536, description="LoRA alpha; the adapter is scaled by alpha / rank.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules that get an adapter: 'all-linear' or a list such as [q_proj, v_proj]."
@@ -74,12 +98,12 @@ class DataConfig(Section):
     prompt_key: str = Field("question", description="Column holding the prompt text (custom datasets).")
     answer_key: str = Field("answer", description="Column holding the ground truth (custom datasets).")
     difficulty: int = Field(1, ge=1, le=5, description="Synthetic datasets: 1 (easy) to 5 (hard).")
-    train_size: int = Field(2000, ge=1, description="Synthetic datasets: number of training prompts.")
-    val_size: int = Field(64, ge=1, description="Held-out prompts used for validation accuracy.")
+    train_size: int = Field(2000, ge=1, le=100_000_000, description="Synthetic datasets: number of training prompts.")
+    val_size: int = Field(64, ge=1, le=10_000_000, description="Held-out prompts used for validation accuracy.")
     system_prompt: str | None = Field(None, description="Optional system message for the chat template.")
-    train_batch_size: int = Field(8, ge=1, description="Prompts per training step, all ranks together.")
-    max_prompt_length: int = Field(128, ge=8, description="Longest prompt in tokens, after the chat template.")
-    max_response_length: int = Field(64, ge=1, description="Most new tokens sampled per response.")
+    train_batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="Prompts per training step, all ranks together.")
+    max_prompt_length: int = Field(128, ge=8, le=MAX_TOKENS, description="Longest prompt in tokens, after the chat template.")
+    max_response_length: int = Field(64, ge=1, le=MAX_TOKENS, description="Most new tokens sampled per response.")
     filter_overlong_prompts: bool = Field(True, description="Drop prompts over max_prompt_length instead of failing.")
     shuffle: bool = Field(True, description="Shuffle training prompts each epoch (seeded).")
 
@@ -97,7 +121,7 @@ class RewardConfig(Section):
         "null: no limit.",
     )
     truncated_score: float | None = Field(
-        None,
+        None, ge=-1000, le=1000,  # on the rewards' scale (about -1 to 1): beyond 1000 is a typo
         description="Score of a response cut at data.max_response_length (no EOS) instead of running the reward; "
         "null scores it like any other. 0 stops short-answer tasks from drifting into rambling.",
     )
@@ -125,54 +149,57 @@ class AlgorithmConfig(Section):
 
 
 class ActorConfig(Section):
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
-    lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    lr: float = Field(1e-4, gt=0, le=1, description="Peak learning rate of AdamW.")
+    lr_warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear warmup steps.")
     lr_scheduler_type: Literal["constant", "cosine"] = Field("constant", description="Schedule after warmup.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    ppo_mini_batch_size: int = Field(8, ge=1, description="Prompts per optimizer step (<= train_batch_size).")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
+    ppo_mini_batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="Prompts per optimizer step (<= train_batch_size).")
     ppo_micro_batch_size_per_gpu: int = Field(
-        8, ge=1, description="Samples per forward/backward pass on one rank (gradient accumulation)."
+        8, ge=1, le=MAX_BATCH, description="Samples per forward/backward pass on one rank (gradient accumulation)."
     )
     ppo_max_token_len_per_gpu: int | None = Field(
         None,
         ge=1,
+        le=MAX_BATCH * 256,
         description="If set, micro-batches are packed up to this many tokens per rank instead of a fixed "
         "sample count (verl's use_dynamic_bsz).",
     )
-    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
-    clip_ratio_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1.")
-    clip_ratio_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1 (DAPO clip-higher: 0.28).")
+    ppo_epochs: int = Field(1, ge=1, le=1000, description="Passes over each rollout batch.")
+    # Above 1 the ratio's lower bound 1 - eps would be negative.
+    clip_ratio_low: float = Field(0.2, ge=0, le=1, description="PPO clip epsilon below 1.")
+    clip_ratio_high: float = Field(0.2, ge=0, le=10, description="PPO clip epsilon above 1 (DAPO clip-higher: 0.28).")
     clip_ratio_c: float | None = Field(
-        3.0, gt=1, description="Dual-clip bound for negative advantages; null turns dual clip off."
+        3.0, gt=1, le=1000, description="Dual-clip bound for negative advantages; null turns dual clip off."
     )
     loss_agg_mode: LossAggMode = Field("token-mean", description="How token losses are averaged.")
     use_kl_loss: bool = Field(True, description="Add a KL(policy || reference) term to the loss.")
-    kl_loss_coef: float = Field(0.001, ge=0, description="Coefficient of the KL loss term.")
+    kl_loss_coef: float = Field(0.001, ge=0, le=100, description="Coefficient of the KL loss term.")
     kl_loss_type: KLType = Field("low_var_kl", description="KL estimator: k1, k2, k3/low_var_kl.")
-    entropy_coeff: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
+    entropy_coeff: float = Field(0.0, ge=0, le=10, description="Entropy bonus coefficient.")
     compute_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
         description="Matmul dtype of the training passes (torch.autocast); bfloat16 is ~4x faster on CPUs with "
         "AVX512-BF16/AMX and on GPUs, weights and optimizer state keep model.dtype.",
     )
-    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    grad_clip: float = Field(1.0, gt=0, le=1e6, description="Max global gradient norm (1e6: in effect no clipping).")
     param_offload: bool = Field(False, description="FSDP2: keep parameters on the CPU between uses (GPU).")
     optimizer_offload: bool = Field(False, description="FSDP2: keep optimizer state on the CPU (GPU).")
 
 
 class RolloutConfig(Section):
     name: Engine = Field("hf", description="Rollout engine: vllm (fast, colocated) or hf (transformers generate).")
-    n: int = Field(4, ge=1, description="Samples per prompt: the GRPO group size.")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
+    n: int = Field(4, ge=1, le=1024, description="Samples per prompt: the GRPO group size (at most 1024).")
+    temperature: float = Field(1.0, ge=0, le=10, description="Sampling temperature for training rollouts (0: greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
+    # MAX_TOKENS: more than any vocabulary.
+    top_k: int = Field(-1, ge=-1, le=MAX_TOKENS, description="Top-k sampling: -1 = off, else k >= 1.")
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="vLLM's memory share (on CPU: share of RAM for its KV cache)."
     )
-    tensor_model_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size (GPUs per engine).")
-    max_model_len: int | None = Field(None, description="vLLM max sequence length; default prompt + response.")
-    max_num_seqs: int = Field(256, ge=1, description="vLLM: most sequences in one batch.")
-    max_num_batched_tokens: int | None = Field(None, description="vLLM: most tokens in one scheduler step.")
+    tensor_model_parallel_size: int = Field(1, ge=1, le=1024, description="vLLM tensor-parallel size (GPUs per engine).")
+    max_model_len: int | None = Field(None, ge=1, le=2 * MAX_TOKENS, description="vLLM max sequence length; default prompt + response.")
+    max_num_seqs: int = Field(256, ge=1, le=MAX_BATCH, description="vLLM: most sequences in one batch.")
+    max_num_batched_tokens: int | None = Field(None, ge=1, le=MAX_BATCH * 256, description="vLLM: most tokens in one scheduler step.")
     enforce_eager: bool = Field(
         True,
         description="vLLM: run the model eagerly. false: CUDA graphs on GPU; on CPU torch.compile "
@@ -189,25 +216,33 @@ class RolloutConfig(Section):
         False, description="Use the engine's log-probs as the old policy's instead of recomputing them."
     )
 
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("top_k 0 is neither 'off' nor a k; set -1 to turn top-k off or a k >= 1")
+        return value
+
 
 class TrainerConfig(Section):
     project_name: str = Field("tunecli", description="Project name (for loggers).")
     experiment_name: str = Field("run", description="Run name; the wizard sets it to the recipe name.")
-    total_epochs: int = Field(1, ge=1, description="Passes over the training prompts.")
-    total_training_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
-    save_freq: int = Field(-1, description="Checkpoint every N steps (-1: only at the end).")
-    test_freq: int = Field(-1, description="Validate every N steps (-1: only before and after).")
+    total_epochs: int = Field(1, ge=1, le=MAX_STEPS, description="Passes over the training prompts.")
+    total_training_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many steps (overrides epochs).")
+    save_freq: int = Field(-1, ge=-1, le=MAX_STEPS, description="Checkpoint every N steps (-1: only at the end).")
+    test_freq: int = Field(-1, ge=-1, le=MAX_STEPS, description="Validate every N steps (-1: only before and after).")
     val_before_train: bool = Field(True, description="Measure validation accuracy before the first step.")
-    seed: int = Field(0, description="Seed for data order, sampling and init.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for data order, sampling and init.")
     default_local_dir: str | None = Field(None, description="Run directory; default runs/<experiment_name>.")
     max_checkpoints: int | None = Field(
         3, ge=1, le=10_000, description="Keep the last K checkpoints of the run, delete older ones; null keeps all."
     )
     resume: bool = Field(True, description="Resume from the latest checkpoint in the run directory.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores/ranks).")
+    num_threads: int | None = Field(None, ge=1, le=4096, description="torch threads per process (default: cores/ranks).")
     max_minutes: float | None = Field(
-        None, gt=0, description="Wall-clock budget: no new step starts unless it and the final validation fit."
+        None, gt=0, le=527_040,
+        description="Wall-clock budget (at most a year): no new step starts unless it and the final validation fit.",
     )
 
     @field_validator("save_freq", "test_freq")
@@ -217,11 +252,33 @@ class TrainerConfig(Section):
             raise ValueError("must be -1 (only at the end) or a step count >= 1; set it to -1 or a step count")
         return value
 
+    # The run directory is deleted and overwritten by tune run: neither field may reach outside it.
+    @field_validator("experiment_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                "the run is written to runs/<experiment_name>, so it must be a plain name: letters, digits, "
+                "'.', '_' and '-' (at most 128, no '/'), e.g. my-run_1; set trainer.default_local_dir for "
+                "another place"
+            )
+        return value
+
+    @field_validator("default_local_dir")
+    @classmethod
+    def _no_parent_step(cls, value: str | None) -> str | None:
+        if value is not None and (".." in PurePath(value).parts or not value.strip()):
+            raise ValueError(
+                "a run directory may not climb out through '..' (nor be empty); give a path without '..', "
+                "e.g. runs/my-run or an absolute path"
+            )
+        return value
+
 
 class LaunchConfig(Section):
     hardware: str = Field("cpu", description="Hardware catalogue name: cpu, h100, h800, h200, h20, a100-80g ...")
-    nnodes: int = Field(1, ge=1, description="Number of machines.")
-    n_gpus_per_node: int = Field(1, ge=1, description="Processes per machine (GPUs, or CPU processes).")
+    nnodes: int = Field(1, ge=1, le=MAX_BATCH, description="Number of machines.")
+    n_gpus_per_node: int = Field(1, ge=1, le=1024, description="Processes per machine (GPUs, or CPU processes).")
     strategy: Strategy = Field("none", description="fsdp2 shards training over processes; none = one process.")
     rdzv_endpoint: str = Field("127.0.0.1:29500", description="torchrun rendezvous HOST:PORT for nnodes > 1.")
     launcher: Literal["local", "slurm"] = Field("local", description="local (torchrun) or slurm (sbatch file).")
