@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             console.info("Would run:")
             console.out.print(lines[0], markup=False, soft_wrap=True)
-            if target.recipe is not None and target.recipe.launch.nnodes > 1:
+            if target.recipe is not None and target.recipe.launch.nnodes > 1 and not target.slurm:
                 console.info(f"(on each of the {target.recipe.launch.nnodes} machines)")
             raise typer.Exit(0)
 
@@ -79,27 +79,29 @@ def register(app: typer.Typer) -> None:
 
 
 def _checks_pass(target) -> bool:
-    """Every `tune new` check on the recipe as it will run (overrides applied), then the hardware check;
-    warnings and each refusal printed. Nothing to check for a trusted script without a YAML."""
+    """Every `tune new` check on the recipe as it will run (overrides applied) and the hardware check, all
+    reported (warnings, then each refusal as its own paragraph). Nothing to check for a trusted script
+    without a YAML."""
     from tunecli.authoring.checks import check_recipe
     from tunecli.launch import hardware
 
     if target.recipe is None:
         return True
     report = check_recipe(target.recipe)
+    errors = list(report.errors)
+    if not target.slurm:  # a SLURM job runs on other machines than this login node
+        try:
+            machine = hardware.check_hardware(target.recipe, hardware.detect_machine())
+            report.warnings.extend(machine.warnings)
+            for n in machine.notes:
+                console.info(n)
+        except TuneError as e:
+            errors.append(e)
     for w in report.warnings:
         console.warning(w)
-    for e in report.errors:
+    for e in errors:
         console.error(str(e))
-    if not report.ok:
-        return False
-    if not target.slurm:  # a SLURM job runs on other machines than this login node
-        machine = hardware.check_hardware(target.recipe, hardware.detect_machine())
-        for w in machine.warnings:
-            console.warning(w)
-        for n in machine.notes:
-            console.info(n)
-    return True
+    return not errors
 
 
 def _report_interrupt(target, again: str) -> None:

@@ -78,7 +78,7 @@ def untrusted_header_error(path: Path, header: ScriptHeader | None) -> ScriptNot
         why = (f"its header comes from tunecli {header.version}, which hashed only the YAML, so its body "
                "cannot be checked")
     return ScriptNotTrusted(
-        f"'{path}' was not written by this tunecli: {why}, so `tune run` will not execute it. Read it first; if "
+        f"'{path}' was not written by tunecli as it is now: {why}, so `tune run` will not execute it. Read it first; if "
         f"you trust it, run it with `tune run --trust {path}`, run its YAML directly (`tune run NAME.yaml`), or "
         "write a checked recipe with `tune new`.",
         field="recipe",
