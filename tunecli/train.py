@@ -26,6 +26,7 @@ from tunecli.errors import EXIT_INTERRUPTED, TuneError
 NO_RESUME_HELP = "Start over instead of resuming the latest checkpoint; the old run is moved aside (RUN_DIR.1)."
 OVERWRITE_HELP = "With --no-resume: delete the old run instead of moving it aside."
 BREAK_LOCK_HELP = "Take over a run directory whose lock names a process that cannot be checked from here."
+CONFIG_SHA256_FLAG = "--config-sha256"
 CONFIG_SHA256_HELP = "Refuse the config unless its bytes have this sha256 (`tune run` passes the hash it checked)."
 START_FLAGS = ("--no-resume", "--overwrite", "--break-lock")
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-resume", action="store_true", help=NO_RESUME_HELP)
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
-    parser.add_argument("--config-sha256", metavar="HEX", help=CONFIG_SHA256_HELP)
+    parser.add_argument(CONFIG_SHA256_FLAG, metavar="HEX", help=CONFIG_SHA256_HELP)
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. actor.lr=1e-5")
     return parser.parse_args(argv)
 
@@ -87,9 +88,9 @@ def _without_start_flags(command: list[str]) -> list[str]:
     out: list[str] = []
     args = iter(command)
     for arg in args:
-        if arg == "--config-sha256":
+        if arg == CONFIG_SHA256_FLAG:
             next(args, None)  # and its value
-        elif arg not in START_FLAGS and not arg.startswith("--config-sha256="):
+        elif arg not in START_FLAGS and not arg.startswith(CONFIG_SHA256_FLAG + "="):
             out.append(arg)
     return out
 

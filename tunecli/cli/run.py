@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         recipe: str = typer.Argument(..., help="NAME.sh written by `tune new` (or its NAME.yaml)."),
         overrides: list[str] = typer.Argument(None, help="section.key=value overrides after `--`, e.g. -- rollout.n=8"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the command lines; run nothing."),
-        trust: bool = typer.Option(False, "--trust", help="Run a script that tunecli did not write."),
+        trust: bool = typer.Option(False, "--trust", help="Run a script that is not exactly what tunecli writes, as it is (with bash)."),
         no_resume: bool = typer.Option(False, "--no-resume", help=NO_RESUME_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),

@@ -6,7 +6,8 @@ import typer
 
 from tunecli import console
 from tunecli.errors import TuneError
-from tunecli.train import BREAK_LOCK_HELP, CONFIG_SHA256_HELP, NO_RESUME_HELP, OVERWRITE_HELP, train as train_recipe
+from tunecli.train import (BREAK_LOCK_HELP, CONFIG_SHA256_FLAG, CONFIG_SHA256_HELP, NO_RESUME_HELP, OVERWRITE_HELP,
+                           train as train_recipe)
 
 EPILOG = (
     "Examples:  tune train --config generated/quickstart.yaml  ·  "
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
         no_resume: bool = typer.Option(False, "--no-resume", help=NO_RESUME_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
-        config_sha256: str | None = typer.Option(None, "--config-sha256", metavar="HEX", help=CONFIG_SHA256_HELP),
+        config_sha256: str | None = typer.Option(None, CONFIG_SHA256_FLAG, metavar="HEX", help=CONFIG_SHA256_HELP),
     ) -> None:
         """Check a recipe and train it with GRPO in this process (one rank; `tune run` starts several)."""
         overrides = overrides or []

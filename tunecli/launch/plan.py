@@ -27,12 +27,12 @@ from tunecli.config.header import read_script_header
 from tunecli.config.io import RecipeFile, read_recipe_file
 from tunecli.config.schema import Recipe
 from tunecli.launch.integrity import ScriptNotTrusted, VerifiedScript, read_script, verify_script
+from tunecli.train import CONFIG_SHA256_FLAG
 
 # torchrun waits this long for workers to finish their checkpoint after Ctrl-C (its default, 30 s,
 # is shorter than saving a large model's optimizer state).
 SHUTDOWN_TIMEOUT_S = 900
 YAML_SUFFIXES = (".yaml", ".yml")
-CONFIG_SHA256_FLAG = "--config-sha256"
 
 
 @dataclass
@@ -54,24 +54,25 @@ class RunTarget:
 def _yaml_target(path: Path, overrides: list[str]) -> RunTarget:
     """A YAML runs directly; with a rendered script beside it that names it, the pair must still verify."""
     warnings: list[str] = []
-    yaml_file = read_recipe_file(path)
     sibling = path.with_suffix(".sh")
     header = read_script_header(sibling) if sibling.is_file() else None
-    if header is not None and header.yaml == path.name:
-        if not header.current:
-            warnings.append(f"{sibling.name} has the header of tunecli {header.version}, which hashed only the YAML: "
-                            f"{path.name} is not checked against it.")
-        else:
-            try:
-                yaml_file = verify_script(sibling).yaml
-            except ScriptNotTrusted as e:
-                raise TuneError(
-                    f"Refusing to run {path}: {sibling} beside it holds the hash that vouches for it, but "
-                    f"{e.difference or f'{sibling.name} is not what tunecli writes'}, so whether {path.name} changed "
-                    f"since it was checked cannot be told. Undo the edit to the script, or re-render both files with "
-                    f"`tune new ... --force`; if you trust the script as it is, run `tune run --trust {sibling}`.",
-                    field="recipe",
-                ) from None
+    if header is None or header.yaml != path.name:
+        yaml_file = read_recipe_file(path)
+    elif not header.current:
+        warnings.append(f"{sibling.name} has the header of tunecli {header.version}, which hashed only the YAML: "
+                        f"{path.name} is not checked against it.")
+        yaml_file = read_recipe_file(path)
+    else:
+        try:
+            yaml_file = verify_script(sibling).yaml
+        except ScriptNotTrusted as e:
+            raise TuneError(
+                f"Refusing to run {path}: {sibling} beside it holds the hash that vouches for it, but "
+                f"{e.difference or f'{sibling.name} is not what tunecli writes'}, so whether {path.name} changed "
+                f"since it was checked cannot be told. Undo the edit to the script, or re-render both files with "
+                f"`tune new ... --force`; if you trust the script as it is, run `tune run --trust {sibling}`.",
+                field="recipe",
+            ) from None
     return RunTarget(path, None, yaml_file, yaml_file.recipe(overrides), None, _with_empty(warnings, yaml_file))
 
 
@@ -169,7 +170,8 @@ def plan(
     checked = [CONFIG_SHA256_FLAG, target.yaml.sha256, *args]
     if target.slurm:
         assert target.verified is not None
-        return LaunchPlan(["sbatch", str(target.script), *checked], env, _sbatch_notes(), submit=target.verified.data)
+        notes = [*_sbatch_notes(), f"sbatch is given a private copy of the checked {target.path.name}, not the file itself."]
+        return LaunchPlan(["sbatch", str(target.script), *checked], env, notes, submit=target.verified.data)
     if target.verified is not None:
         notes.append(f"{target.path} matches what tunecli writes for {target.yaml.path.name}, so `tune run` starts its "
                      "trainer command itself, with the sha256 of the checked YAML.")
