@@ -50,6 +50,9 @@ def _script_ok(sh_path: Path, checked: RecipeFile, *, fix_hash: bool, checks_ok:
             raise TuneError(f"--fix-hash updates the hash of a script this tunecli wrote; {message}", field="recipe-sha256")
         (console.error if asked_for_script else console.warning)(message)
         return not asked_for_script
+    if header.yaml != yaml_path.name:
+        console.warning(f"{sh_path.name} runs {header.yaml}, not {yaml_path.name}: validate {sh_path} to check that pair.")
+        return True
     try:
         verify_script(sh_path)
     except ScriptNotTrusted as e:
@@ -67,7 +70,7 @@ def _script_ok(sh_path: Path, checked: RecipeFile, *, fix_hash: bool, checks_ok:
             from tunecli.config.header import stamp
 
             # Stamped from the bytes that were checked, so a file changed meanwhile still fails to match.
-            write_script(sh_path, stamp(changed.data.decode("utf-8"), changed.yaml_file.data, changed.header.yaml))
+            write_script(sh_path, stamp(changed.data.decode("utf-8", errors="replace"), changed.yaml_file.data, changed.header.yaml))
             console.success(f"{sh_path.name}: header hash updated for the edited {yaml_path.name}.")
             return True
         if fix_hash:
