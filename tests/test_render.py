@@ -15,7 +15,7 @@ from tunecli import __version__
 from tunecli.authoring.defaults import Choices, build_recipe
 from tunecli.config.io import dump_recipe, load_recipe
 from tunecli.authoring.render import render, write_files
-from tunecli.config.header import read_script_header, replace_header_hash, yaml_hash
+from tunecli.config.header import read_script_header, recipe_sha256, split_script, stamp
 from tunecli.config.schema import Recipe
 
 
@@ -46,13 +46,20 @@ def test_yaml_round_trips_and_comments_every_field(tmp_path):
     assert yaml.safe_load(text)["name"] == recipe.name
 
 
-def test_header_carries_version_and_yaml_hash(tmp_path):
+def test_header_carries_version_and_the_hash_of_body_and_yaml(tmp_path):
     recipe, yaml_path, sh_path = _write(tmp_path, preset="quickstart")
     header = read_script_header(sh_path)
-    assert header == {"version": __version__, "yaml_sha256": yaml_hash(yaml_path), "yaml": yaml_path.name}
+    header_again, body = split_script(sh_path.read_bytes())
+    assert header == header_again and header.index == 1 and header.current
+    assert (header.version, header.yaml) == (__version__, yaml_path.name)
+    assert header.recipe_sha256 == recipe_sha256(body, yaml_path.read_bytes())
+    lines = sh_path.read_bytes().splitlines(keepends=True)
+    assert body == lines[0] + b"".join(lines[2:])  # every line but the header
     assert read_script_header(yaml_path) is None
-    fixed = replace_header_hash(sh_path.read_text(), "0" * 64)
-    assert "yaml-sha256=" + "0" * 64 in fixed.splitlines()[1]
+    # Re-stamping for another YAML changes the header line only.
+    restamped = stamp(sh_path.read_text(), b"other: 1\n", yaml_path.name)
+    assert split_script(restamped.encode())[1] == body
+    assert split_script(restamped.encode())[0].recipe_sha256 == recipe_sha256(body, b"other: 1\n")
 
 
 CASES = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import signal
@@ -49,28 +50,41 @@ def dry_run_lines(*args: str) -> list[str]:
     return [ln for ln in lines[start + 1 :] if ln not in ("which runs:",) and not ln.startswith("(")]
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_dry_run_prints_the_exact_command_lines(recipes, tmp_path):
+    """A checked script's trainer command starts directly, with the checked YAML's sha256."""
     gen = tmp_path / "generated"
-    assert dry_run_lines("generated/two.sh", "--", "actor.lr=1e-5") == [
-        "bash generated/two.sh actor.lr=1e-5",
-        f"torchrun --nproc-per-node 2 --nnodes 1 --standalone -m tunecli.train --config {gen}/two.yaml actor.lr=1e-5",
-    ]
+    py, two = sys.executable, gen / "two.yaml"
+    assert dry_run_lines("generated/two.sh", "--", "actor.lr=1e-5") == [shlex.join([
+        py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1", "--standalone",
+        "-m", "tunecli.train", "--config", str(two), "--config-sha256", _sha(two), "actor.lr=1e-5"])]
+    one = gen / "one.yaml"
     assert dry_run_lines("generated/one.sh", "--no-resume") == [
-        "bash generated/one.sh --no-resume",
-        f"tune train --config {gen}/one.yaml --no-resume",
-    ]
-    assert dry_run_lines("generated/nodes.sh")[1] == (
-        "torchrun --nproc-per-node 1 --nnodes 2 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:29500 "
-        f"-m tunecli.train --config {gen}/nodes.yaml"
+        shlex.join([py, "-m", "tunecli.train", "--config", str(one), "--config-sha256", _sha(one), "--no-resume"])]
+    assert dry_run_lines("generated/nodes.sh")[0].endswith(
+        "--nproc-per-node 1 --nnodes 2 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:29500 "
+        f"-m tunecli.train --config {gen}/nodes.yaml --config-sha256 {_sha(gen / 'nodes.yaml')}"
     )
     # The YAML runs through this interpreter's torchrun, with launch.* overrides honoured.
     lines = dry_run_lines("generated/two.yaml", "--", "launch.n_gpus_per_node=1")
-    assert lines == [shlex.join([sys.executable, "-m", "tunecli.train", "--config", "generated/two.yaml", "launch.n_gpus_per_node=1"])]
+    assert lines == [shlex.join([py, "-m", "tunecli.train", "--config", str(two), "--config-sha256", _sha(two),
+                                 "launch.n_gpus_per_node=1"])]
     assert not (tmp_path / "runs").exists()  # a dry run starts nothing
 
 
+def _as_script_spells_it(cmd: list[str]) -> list[str]:
+    """A dry-run command as the script writes it: `tune train` / `torchrun` from the PATH, no hash."""
+    head = {"tunecli.train": ["tune", "train"], "torch.distributed.run": ["torchrun"]}[cmd[2]]
+    i = cmd.index("--config-sha256")
+    return head + cmd[3:i] + cmd[i + 2:]
+
+
 def test_rendered_script_runs_what_dry_run_prints(recipes, tmp_path):
-    """Run the real scripts with stand-ins for `tune` and `torchrun` that print their arguments."""
+    """`tune run` starts the command a checked script ends in: run the real scripts with stand-ins for
+    `tune` and `torchrun` that print their arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("tune", "torchrun"):
@@ -81,7 +95,7 @@ def test_rendered_script_runs_what_dry_run_prints(recipes, tmp_path):
     for name in ("one", "two", "nodes"):
         printed = dry_run_lines(f"generated/{name}.sh", "--", "rollout.n=2")
         ran = subprocess.run(["bash", f"generated/{name}.sh", "rollout.n=2"], env=env, capture_output=True, text=True, check=True)
-        assert shlex.split(ran.stdout) == shlex.split(printed[1]), name
+        assert shlex.split(ran.stdout) == _as_script_spells_it(shlex.split(printed[0])), name
 
 
 def test_hash_mismatch_is_refused_with_what_changed(recipes, tmp_path):

@@ -3,7 +3,9 @@
 Both files are rendered fully in memory from the Jinja templates in ``templates/``; the caller
 checks them and only then writes them (``write_files``: temp file + rename, never a half file).
 
-The script's second line is the header of ``config.header``, which ties it to the exact YAML bytes.
+The script's second line is the header of ``config.header``: one hash over the script's other lines
+and the exact YAML bytes. ``launch.integrity`` renders the script again to check one on disk, so the
+script depends on the recipe (and where it is written) alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from tunecli import __version__
-from tunecli.config.header import header_line, sha256_bytes
+from tunecli.config.header import HEADER_PREFIX, stamp
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
@@ -105,10 +107,6 @@ class Rendered:
     yaml_text: str
     script_text: str
 
-    @property
-    def yaml_sha256(self) -> str:
-        return sha256_bytes(self.yaml_text.encode("utf-8"))
-
 
 _SECTION_TITLES = {
     "model": "The model and how it is trained (LoRA or full).",
@@ -136,8 +134,8 @@ def render_script(recipe: Any, yaml_text: str, *, yaml_abspath: str | None = Non
     launch = recipe.launch
     yaml_name = f"{recipe.name}.yaml"
     template = "launch.sbatch.j2" if launch.launcher == "slurm" else "launch.sh.j2"
-    return _env().get_template(template).render(
-        header=header_line(sha256_bytes(yaml_text.encode("utf-8")), yaml_name),
+    text = _env().get_template(template).render(
+        header=HEADER_PREFIX,  # stamped below, once the rest of the script is known
         version=__version__,
         name=recipe.name,
         yaml_name=yaml_name,
@@ -151,6 +149,7 @@ def render_script(recipe: Any, yaml_text: str, *, yaml_abspath: str | None = Non
         summary=f"{recipe.algorithm.name} {recipe.model.method}, {recipe.rollout.name} rollouts, "
         f"{launch.nnodes} x {launch.n_gpus_per_node} {launch.hardware}",
     )
+    return stamp(text, yaml_text.encode("utf-8"), yaml_name)
 
 
 def render(recipe: Any, *, out_dir: str | Path | None = None, preset: str | None = None) -> Rendered:
@@ -169,6 +168,16 @@ def _temp_copy(path: Path, text: str, mode: int) -> str:
         os.unlink(tmp)
         raise
     return tmp
+
+
+def write_script(path: Path, text: str) -> None:
+    """Replace one script in place (temp file + rename): `tune validate --fix-hash` never leaves half a file."""
+    tmp = _temp_copy(path, text, 0o755)
+    try:
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_files(rendered: Rendered, out_dir: str | Path) -> tuple[Path, Path]:

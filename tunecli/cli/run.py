@@ -24,13 +24,13 @@ def register(app: typer.Typer) -> None:
         recipe: str = typer.Argument(..., help="NAME.sh written by `tune new` (or its NAME.yaml)."),
         overrides: list[str] = typer.Argument(None, help="section.key=value overrides after `--`, e.g. -- rollout.n=8"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the command lines; run nothing."),
-        trust: bool = typer.Option(False, "--trust", help="Run a script that tunecli did not write."),
+        trust: bool = typer.Option(False, "--trust", help="Run a script that is not exactly what tunecli writes, as it is (with bash)."),
         no_resume: bool = typer.Option(False, "--no-resume", help=NO_RESUME_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
     ) -> None:
-        """Check the recipe (header hash, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
-        from tunecli.launch import hardware, plan as planning
+        """Check the recipe (script and YAML, every `tune new` check, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
+        from tunecli.launch import plan as planning
         from tunecli.launch.runner import run_child
 
         overrides = overrides or []
@@ -38,12 +38,8 @@ def register(app: typer.Typer) -> None:
             target = planning.resolve_target(recipe, trust=trust, overrides=overrides)
             for w in target.warnings:
                 console.warning(w)
-            if target.recipe is not None and not target.slurm:
-                report = hardware.check_hardware(target.recipe, hardware.detect_machine())
-                for w in report.warnings:
-                    console.warning(w)
-                for n in report.notes:
-                    console.info(n)
+            if not _checks_pass(target):
+                raise typer.Exit(1)
             launch = planning.plan(target, overrides, no_resume=no_resume, overwrite=overwrite, break_lock=break_lock)
         except TuneError as e:
             console.error(str(e))
@@ -55,10 +51,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             console.info("Would run:")
             console.out.print(lines[0], markup=False, soft_wrap=True)
-            if len(lines) > 1:
-                console.info("which runs:")
-                console.out.print(lines[1], markup=False, soft_wrap=True)
-            if target.recipe is not None and target.recipe.launch.nnodes > 1:
+            if target.recipe is not None and target.recipe.launch.nnodes > 1 and not target.slurm:
                 console.info(f"(on each of the {target.recipe.launch.nnodes} machines)")
             raise typer.Exit(0)
 
@@ -73,8 +66,9 @@ def register(app: typer.Typer) -> None:
                 console.warning("Killing the run and all its processes.")
 
         torchrun = target.recipe is not None and target.recipe.launch.world_size > 1 and not target.slurm
-        outcome = run_child(launch.command, launch.env, on_interrupt=on_interrupt,
-                            worker_module="tunecli.train" if torchrun else None)
+        with planning.submitted(launch) as command:
+            outcome = run_child(command, launch.env, on_interrupt=on_interrupt,
+                                worker_module="tunecli.train" if torchrun else None)
         code = outcome.returncode
         if outcome.interrupted and code != 0:
             _report_interrupt(target, launch.env["TUNECLI_RESUME_HINT"])
@@ -82,6 +76,32 @@ def register(app: typer.Typer) -> None:
                 # Ctrl-C before torchrun started its workers: torchrun itself stopped, with code 1.
                 code = EXIT_INTERRUPTED
         raise typer.Exit(code)
+
+
+def _checks_pass(target) -> bool:
+    """Every `tune new` check on the recipe as it will run (overrides applied) and the hardware check, all
+    reported (warnings, then each refusal as its own paragraph). Nothing to check for a trusted script
+    without a YAML."""
+    from tunecli.authoring.checks import check_recipe
+    from tunecli.launch import hardware
+
+    if target.recipe is None:
+        return True
+    report = check_recipe(target.recipe)
+    errors = list(report.errors)
+    if not target.slurm:  # a SLURM job runs on other machines than this login node
+        try:
+            machine = hardware.check_hardware(target.recipe, hardware.detect_machine())
+            report.warnings.extend(machine.warnings)
+            for n in machine.notes:
+                console.info(n)
+        except TuneError as e:
+            errors.append(e)
+    for w in report.warnings:
+        console.warning(w)
+    for e in errors:
+        console.error(str(e))
+    return not errors
 
 
 def _report_interrupt(target, again: str) -> None:

@@ -1,14 +1,20 @@
-"""`tune validate FILE.yaml|FILE.sh`: every `tune new` check, plus the script's hash of its YAML."""
+"""`tune validate FILE.yaml|FILE.sh`: every `tune new` check, plus the script/YAML pair's integrity.
+
+Nothing here runs user code: a custom reward file is parsed, never imported (``rewards.spec``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-
 from tunecli import console
 from tunecli.errors import TuneError
+
+if TYPE_CHECKING:
+    from tunecli.config.io import RecipeFile
 
 
 def _pair(path: Path) -> tuple[Path, Path | None]:
@@ -22,21 +28,70 @@ def _pair(path: Path) -> tuple[Path, Path | None]:
         if header is None:
             raise TuneError(f"'{path}' has no '# tunecli-recipe:' header, so it was not written by `tune new`. "
                             "Validate its YAML instead, or re-render it with `tune new`.", field="path")
-        return path.parent / header.get("yaml", path.with_suffix(".yaml").name), path
+        return path.parent / header.yaml, path
     if path.suffix not in (".yaml", ".yml"):
         raise TuneError(f"'{path}' is neither a .yaml config nor a .sh launch script written by `tune new`.", field="path")
     sh = path.with_suffix(".sh")
     return path, sh if sh.exists() else None
 
 
+def _script_ok(sh_path: Path, checked: RecipeFile, *, fix_hash: bool, checks_ok: bool, asked_for_script: bool) -> bool:
+    """The script's side: verified, or why not; with --fix-hash, accept an edited YAML (never an edited script)."""
+    from tunecli.config.header import read_script_header
+    from tunecli.launch.integrity import ScriptNotTrusted, YamlChanged, verify_script
+
+    yaml_path = checked.path
+    header = read_script_header(sh_path)
+    if header is None or not header.current:
+        what = "has no tunecli header" if header is None else f"has the header of tunecli {header.version}, which hashed only the YAML"
+        message = (f"{sh_path} {what}, so its body cannot be checked and `tune run {sh_path.name}` needs --trust. Re-render "
+                   f"both files with `tune new ... --force`, or run the YAML alone: `tune run {yaml_path}`.")
+        if fix_hash:
+            raise TuneError(f"--fix-hash updates the hash of a script this tunecli wrote; {message}", field="recipe-sha256")
+        (console.error if asked_for_script else console.warning)(message)
+        return not asked_for_script
+    if header.yaml != yaml_path.name:
+        console.warning(f"{sh_path.name} runs {header.yaml}, not {yaml_path.name}: validate {sh_path} to check that pair.")
+        return True
+    try:
+        verify_script(sh_path)
+    except ScriptNotTrusted as e:
+        console.error(f"{e.difference}. `tune run {sh_path.name}` refuses it without --trust"
+                      + (", and --fix-hash accepts an edited YAML, never an edited script: the hash was not updated"
+                         if fix_hash else "")
+                      + ". Undo the edit, or re-render both files with `tune new ... --force`.")
+        return False
+    except YamlChanged as changed:
+        if changed.yaml_file.data != checked.data:
+            raise TuneError(f"{yaml_path} changed while it was being checked; nothing was updated. Run the command again.",
+                            field="recipe-sha256") from None
+        if fix_hash and checks_ok:
+            from tunecli.authoring.render import write_script
+            from tunecli.config.header import stamp
+
+            # Stamped from the bytes that were checked, so a file changed meanwhile still fails to match.
+            write_script(sh_path, stamp(changed.data.decode("utf-8", errors="replace"), changed.yaml_file.data, changed.header.yaml))
+            console.success(f"{sh_path.name}: header hash updated for the edited {yaml_path.name}.")
+            return True
+        if fix_hash:
+            console.error(f"{sh_path.name}: hash not updated because the checks above failed.")
+        else:
+            console.error(f"{yaml_path.name} changed after {sh_path.name} was written (the script's header hash "
+                          f"does not match). Review the change, then run: tune validate --fix-hash {yaml_path}")
+        return False
+    return True
+
+
 def validate(path: Path, fix_hash: bool) -> bool:
     from tunecli.authoring.checks import check_recipe
-    from tunecli.config.io import load_recipe
-    from tunecli.authoring.render import render
-    from tunecli.config.header import read_script_header, replace_header_hash, yaml_hash
+    from tunecli.config.io import read_recipe_file
 
     yaml_path, sh_path = _pair(path)
-    recipe = load_recipe(yaml_path)
+    yaml_file = read_recipe_file(yaml_path)
+    empty = yaml_file.empty_warning()
+    if empty:
+        console.warning(empty)
+    recipe = yaml_file.recipe()
     report = check_recipe(recipe)
     for w in report.warnings:
         console.warning(w)
@@ -46,24 +101,7 @@ def validate(path: Path, fix_hash: bool) -> bool:
         console.warning(f"{yaml_path.name} holds recipe name '{recipe.name}'; the trainer names its run after the field.")
     ok = report.ok
     if sh_path is not None:
-        header = read_script_header(sh_path) or {}
-        actual = yaml_hash(yaml_path)
-        script = sh_path.read_text()
-        fresh = render(recipe, out_dir=yaml_path.parent).script_text
-        body_differs = script.splitlines()[2:] != fresh.splitlines()[2:]
-        if header.get("yaml_sha256") != actual:
-            if fix_hash and ok:
-                sh_path.write_text(replace_header_hash(script, actual))
-                console.success(f"{sh_path.name}: header hash updated for the edited {yaml_path.name}.")
-            elif fix_hash:
-                console.error(f"{sh_path.name}: hash not updated because the checks above failed.")
-            else:
-                console.error(f"{yaml_path.name} changed after {sh_path.name} was written (the script's header hash "
-                              f"does not match). Review the change, then run: tune validate --fix-hash {yaml_path}")
-                ok = False
-        if body_differs:
-            console.warning(f"{sh_path.name} differs from what `tune new` renders for this YAML (edited by hand, or "
-                            "the launch section changed): re-render with `tune new ... --force` if needed.")
+        ok = _script_ok(sh_path, yaml_file, fix_hash=fix_hash, checks_ok=ok, asked_for_script=path == sh_path) and ok
     if ok:
         console.success(f"{yaml_path} passes every check." + (
             f" Peak memory estimate {report.memory.peak / 2**30:.1f} of {report.memory.budget / 2**30:.1f} GiB per device."

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,24 +115,75 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
         raise format_validation_error(err, source) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load NAME.yaml (or the YAML next to NAME.sh) and apply overrides."""
+@dataclass(frozen=True)
+class RecipeFile:
+    """A recipe file's bytes, read once: what is hashed is what is parsed."""
+
+    path: Path
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def mapping(self) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(self.data)
+        except yaml.YAMLError as err:
+            raise TuneError(f"Recipe file '{self.path}' is not valid YAML ({err}). Fix the syntax or re-render it "
+                            "with `tune new`.", field="config") from None
+        if data is not None and not isinstance(data, dict):
+            raise TuneError(f"Recipe file '{self.path}' must hold a mapping of sections (model:, data:, ...), "
+                            f"not {type(data).__name__}.", field="config")
+        return data or {}
+
+    def recipe(self, overrides: list[str] | None = None) -> Recipe:
+        return recipe_from_dict(self.mapping(), overrides, source=str(self.path))
+
+    def empty_warning(self) -> str | None:
+        """The warning for a file that sets nothing (empty, or comments only): every field is a default."""
+        try:
+            empty = not self.mapping()
+        except TuneError:
+            return None  # the parse error is reported where the recipe is loaded
+        if not empty:
+            return None
+        r = Recipe()
+        return (f"{self.path.name} is empty: every field takes its default (name {r.name}, model {r.model.path}, "
+                f"dataset {r.data.dataset}, {r.launch.world_size} {r.launch.hardware} process). If that is not what "
+                "you meant, check the path, or write a recipe with `tune new`.")
+
+
+def read_recipe_file(path: str | Path, *, expect_sha256: str | None = None) -> RecipeFile:
+    """NAME.yaml (or the YAML next to NAME.sh), read once; with ``expect_sha256``, refused unless its bytes
+    are the ones `tune run` checked, before anything else (a reward import, a model load) happens."""
     path = Path(path)
     if path.suffix == ".sh":
         path = path.with_suffix(".yaml")
-    if not path.is_file():
+    try:
+        file = RecipeFile(path, path.read_bytes())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise TuneError(
             f"Recipe file '{path}' does not exist. Create one with `tune new`, or pass the path of an "
             "existing NAME.yaml.",
             field="config",
+        ) from None
+    except OSError as err:
+        raise TuneError(f"Recipe file '{path}' cannot be read ({err.strerror}). Check its permissions.", field="config") from None
+    if expect_sha256 is not None and file.sha256 != expect_sha256.lower():
+        raise TuneError(
+            f"Refusing to train: {path} is not the file `tune run` checked (its sha256 is {file.sha256[:12]}… now, "
+            f"{expect_sha256[:12]}… when it was checked): it changed between the check and the trainer's start. "
+            "Nothing was loaded. Look at what changed, then start the run again with `tune run`, which checks "
+            "the file as it is now.",
+            field="config-sha256",
         )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise TuneError(f"Recipe file '{path}' is not valid YAML ({err}). Fix the syntax or re-render it with `tune new`.") from None
-    if not isinstance(data, dict):
-        raise TuneError(f"Recipe file '{path}' must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}.")
-    return recipe_from_dict(data, overrides, source=str(path))
+    return file
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, expect_sha256: str | None = None) -> Recipe:
+    """Load NAME.yaml (or the YAML next to NAME.sh) and apply overrides (see ``read_recipe_file``)."""
+    return read_recipe_file(path, expect_sha256=expect_sha256).recipe(overrides)
 
 
 def dump_recipe(recipe: Recipe) -> dict[str, Any]:
