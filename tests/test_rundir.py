@@ -319,6 +319,19 @@ def test_trainer_refuses_a_busy_or_unwritable_dir_before_the_model_loads(tmp_pat
     assert "trainer.default_local_dir" in err and "Not a directory" in err and "MODEL WOULD LOAD NOW" not in err
 
 
+def test_trainer_resumes_after_a_sigkill_without_a_flag(tmp_path, capsys, no_model, holder):
+    run_dir = tmp_path / "run"
+    owner = holder(run_dir)
+    _old_run(run_dir, "killed")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert _train(tmp_path, run_dir) == 1
+    out = capsys.readouterr()
+    assert "MODEL WOULD LOAD NOW" in out.err  # got past the lock
+    assert f"locked by pid {owner.pid}" in flat(out.err) and "which is gone" in flat(out.err)
+    assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / rundir.LOCK_NAME).exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Real runs
 # ---------------------------------------------------------------------------------------------

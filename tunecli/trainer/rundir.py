@@ -130,10 +130,11 @@ def _check_previous_owner(recipe: Recipe, run_dir: Path, owner: dict[str, Any], 
         where = "which still runs but does not hold the lock (this filesystem may not support locks)"
     else:
         where = f"and cannot be checked from this host ({socket.gethostname()}), e.g. on a shared filesystem"
+    field = _dir_field(recipe)[0]
     raise TuneError(
         f"{run_dir} is locked by {who} {where}. If that run has stopped, run again with --break-lock; "
-        f"otherwise wait for it, stop it, or give this run another {_dir_field(recipe)[0]}.",
-        field=_dir_field(recipe)[0],
+        f"otherwise wait for it, stop it, or give this run another {field}.",
+        field=field,
     )
 
 
