@@ -134,7 +134,12 @@ def test_resume_refuses_changed_math_and_no_resume_starts_over(tmp_path, tiny_mo
     assert longer.returncode == 0 and "Resumed from" in longer.stdout, longer.stderr[-2000:]
     fresh = train(config, "--no-resume", "actor.lr=1e-2", "trainer.total_training_steps=1", "trainer.val_before_train=false")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert (run_dir / "checkpoints-previous").is_dir() and (run_dir / "checkpoints" / "step_1").is_dir()
+    # The old run is moved aside whole, not deleted: its checkpoints and its metrics.
+    aside = tmp_path / "run.1"
+    assert f"the old run was moved to {aside}" in " ".join(fresh.stdout.split())
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    assert sorted(steps(aside)) == [1, 2] and sorted(steps(run_dir)) == [1]
+    assert (run_dir / "checkpoints" / "step_1").is_dir() and not (run_dir / "checkpoints" / "step_2").exists()
 
 
 @pytest.mark.parametrize("pass_cost,attention", [(0, "eager"), (1000, "eager"), (32, "sdpa")])

@@ -24,7 +24,7 @@ from tunecli.errors import EXIT_INTERRUPTED, TuneError
 
 # The flags that choose how a run starts; `tune run`, `tune train` and this entry point share them.
 NO_RESUME_HELP = "Start over instead of resuming the latest checkpoint; the old run is moved aside (RUN_DIR.1)."
-OVERWRITE_HELP = "With --no-resume: delete the old run instead of moving it aside."
+OVERWRITE_HELP = "Start over (implies --no-resume) and delete the old run instead of moving it aside."
 BREAK_LOCK_HELP = "Take over a run directory whose lock names a process that cannot be checked from here."
 CONFIG_SHA256_FLAG = "--config-sha256"
 CONFIG_SHA256_HELP = "Refuse the config unless its bytes have this sha256 (`tune run` passes the hash it checked)."

@@ -80,16 +80,6 @@ def check_compatible(ckpt: Path, current: dict[str, Any]) -> None:
         )
 
 
-def set_aside(run_dir: Path) -> Path:
-    """Starting over: move the run's checkpoints where a later resume cannot pick them (a collective)."""
-    previous = run_dir / "checkpoints-previous"
-    if distributed.is_main():
-        shutil.rmtree(previous, ignore_errors=True)
-        checkpoints_dir(run_dir).rename(previous)
-    distributed.barrier()
-    return previous
-
-
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

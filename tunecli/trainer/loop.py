@@ -29,7 +29,7 @@ from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.rewards import load_reward
-from tunecli.trainer import checkpoint, distributed
+from tunecli.trainer import checkpoint, distributed, rundir
 from tunecli.trainer.batching import pack_by_tokens, pad_rows, response_mask
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
@@ -60,7 +60,7 @@ class Trainer:
         self.overwrite, self.break_lock = overwrite, break_lock
         self.resume_hint = resume_hint or "the same `tune train` command (or `tune run NAME.sh`)"
         self.step = 0
-        self.engine = None
+        self.engine = self.lock = None
         self.stop = StopRules(recipe.trainer.max_minutes)  # the time budget starts now
 
     # =========================================================================================
@@ -74,7 +74,9 @@ class Trainer:
         self._check_batch_sizes()  # before anything slow: a bad batch size fails in a second
         torch.manual_seed(cfg.trainer.seed)  # same LoRA init on every rank
         random.seed(cfg.trainer.seed + self.dist.rank)
-        self.run_dir = paths.run_dir(cfg)
+        # Locked (and cleared, when starting over) before anything slow: a busy or unwritable run
+        # directory fails in a second, and two runs never write one directory at once.
+        self.run_dir, self.lock = rundir.claim(cfg, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock)
         self.memory = PeakMemory().start()
         self.reward_fn = load_reward(cfg.reward.function, format_pattern=cfg.reward.format_pattern, **cfg.reward.kwargs)
         self._setup_model()
@@ -122,11 +124,7 @@ class Trainer:
     def _resume_or_start(self) -> None:
         config = dump_recipe(self.recipe)
         latest = paths.latest_checkpoint(self.run_dir)
-        if latest is not None and not self.resume:
-            previous = checkpoint.set_aside(self.run_dir)
-            self._print(f"Starting over (--no-resume): earlier checkpoints moved to {previous}")
-            return
-        if latest is None:
+        if latest is None or not self.resume:  # a new run, or starting over (rundir.claim moved the old one)
             return
         checkpoint.check_compatible(latest, config)
         state = checkpoint.load(latest, self.policy.model, self.optimizer)
@@ -416,6 +414,8 @@ class Trainer:
             self.engine.close()
         if getattr(self, "memory", None):
             self.memory.stop()
+        if self.lock is not None:
+            self.lock.release()
         distributed.shutdown()
 
 
