@@ -28,8 +28,7 @@ from tunecli.config.io import dump_recipe
 from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
-from tunecli.rewards import load_reward
-from tunecli.trainer import checkpoint, distributed, rundir
+from tunecli.trainer import checkpoint, distributed, guards, rundir
 from tunecli.trainer.batching import pack_by_tokens, pad_rows, response_mask
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
@@ -37,7 +36,7 @@ from tunecli.trainer.passes import PassSettings, choose_pass
 from tunecli.trainer.policy import load_policy
 from tunecli.trainer.rollout import EngineSettings, Rollout, SamplingSettings, make_engine
 from tunecli.trainer.schedule import lr_lambda
-from tunecli.trainer.scoring import score_rollout
+from tunecli.trainer.scoring import accuracy_counts, recipe_reward, score_rollout
 from tunecli.trainer.stopping import StopRules
 from tunecli.trainer.weights import weight_stream
 
@@ -78,7 +77,8 @@ class Trainer:
         # directory fails in a second, and two runs never write one directory at once.
         self.run_dir, self.lock = rundir.claim(cfg, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock)
         self.memory = PeakMemory().start()
-        self.reward_fn = load_reward(cfg.reward.function, format_pattern=cfg.reward.format_pattern, **cfg.reward.kwargs)
+        self.reward_fn = recipe_reward(cfg.reward)
+        self.splits = load_splits(cfg.data, cfg.trainer.seed)  # data errors before the slow model load
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
@@ -106,7 +106,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg, data = self.recipe, self.recipe.data
-        train, val = load_splits(data, cfg.trainer.seed)
+        train, val = self.splits
         render = dict(tokenizer=self.tokenizer, system_prompt=data.system_prompt,
                       max_prompt_length=data.max_prompt_length, filter_overlong=data.filter_overlong_prompts)
         self.train_samples = render_prompts(train, split="train", **render)
@@ -186,7 +186,7 @@ class Trainer:
         num_mini = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
         prompts = distributed.shard_groups(self.sampler.next_batch(), 1, chunks=num_mini)
         rollout = self._generate(prompts, self._train_sampling())
-        rewards = self._score(prompts, rollout)  # [N]
+        rewards = self._score(prompts, rollout)  # [N]; None: a stop request abandoned a reward call
         t_rollout = now() - t_start
         if self.stop.should_stop():
             return None
@@ -239,9 +239,9 @@ class Trainer:
         self.engine.sleep()  # give the engine's memory back before the training passes
         return rollout
 
-    def _score(self, prompts: list[PromptSample], rollout: Rollout) -> torch.Tensor:
-        """Reward per sample, [N] (``scoring.score_rollout``)."""
-        return score_rollout(self.reward_fn, self.tokenizer, prompts, rollout, self.recipe.reward.truncated_score)
+    def _score(self, prompts: list[PromptSample], rollout: Rollout) -> torch.Tensor | None:
+        """Reward per sample, [N]; None when a stop request abandoned it (``scoring.score_rollout``)."""
+        return score_rollout(self.reward_fn, self.tokenizer, prompts, rollout, self.recipe.reward.truncated_score, self.stop)
 
     def _advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advantage per sample [N], which samples train [N] (bool), which groups' rewards differ [B]."""
@@ -254,6 +254,7 @@ class Trainer:
             self.algorithm.advantage, rewards, n, lengths=lengths, norm_by_std=algorithm.norm_adv_by_std_in_grpo,
             all_reduce=distributed.all_reduce_sum_tensor,
         )  # [N]
+        guards.check_finite(self.step + 1, {"advantage": advantages})  # a collective: every rank stops together
         return advantages, active, varied
 
     def _sync_engine(self) -> None:
@@ -287,10 +288,11 @@ class Trainer:
                 if normalizer == 0:
                     continue  # every group of this mini-batch was filtered out on every rank
                 self.optimizer.zero_grad(set_to_none=True)
-                for micro in self._micro_batches(rollout, mb):
-                    self._loss_backward(rollout, micro, advantages, active, old_logp, ref_logp, normalizer, averages)
+                losses = [self._loss_backward(rollout, micro, advantages, active, old_logp, ref_logp, normalizer, averages)
+                          for micro in self._micro_batches(rollout, mb)]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), actor.grad_clip)
                 grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                guards.check_finite(self.step + 1, {"loss": losses, "gradient norm": grad_norm})  # before the weights change
                 averages.add_per_update({"actor/grad_norm": float(grad_norm)})
                 self.optimizer.step()
                 averages.end_update()
@@ -350,8 +352,8 @@ class Trainer:
                 ref.update({i: scores.logp[row, : int(scores.mask[row].sum())] for row, i in enumerate(micro)})
         return old, ref
 
-    def _loss_backward(self, rollout, micro, advantages, active, old_logp, ref_logp, normalizer, averages) -> None:
-        """Backward of one micro-batch's share of the mini-batch loss; its statistics into ``averages``."""
+    def _loss_backward(self, rollout, micro, advantages, active, old_logp, ref_logp, normalizer, averages) -> torch.Tensor:
+        """Backward of one micro-batch's share of the mini-batch loss (returned); its statistics into ``averages``."""
         world = self.dist.world_size
         entropy_grad = self.recipe.actor.entropy_coeff > 0
         scores = self.forward_pass(self.policy.model, rollout, micro, entropy=True, entropy_grad=entropy_grad)
@@ -363,6 +365,7 @@ class Trainer:
         (loss * world).backward()  # x world: FSDP2's gradient average becomes the global sum (see _update)
         averages.add_per_update({name: float(stats[key]) * world for key, name in LOSS_SHARES.items() if key in stats})
         averages.add_per_micro_batch({name: float(stats[key]) for key, name in TOKEN_FRACTIONS.items() if key in stats})
+        return loss.detach()
 
     def _policy_loss(self, logp, old_logp, ref_logp, advantages, mask, entropy, normalizer):
         """This micro-batch's share of the mini-batch loss (a scalar) and its statistics (``LOSS_SHARES``,
@@ -385,9 +388,10 @@ class Trainer:
         prompts = self.val_samples[self.dist.rank :: self.dist.world_size]
         sampling = SamplingSettings(n=1, temperature=0.0, max_new_tokens=self.recipe.data.max_response_length)
         rollout = self._generate(prompts, sampling) if prompts else None
-        rewards = self._score(prompts, rollout) if prompts else torch.zeros(0)
-        counts = torch.tensor([float((rewards >= 1.0).sum()), float(len(rewards)), float(rewards.sum())])  # [3]
-        correct, total, reward_sum = distributed.all_reduce_sum_tensor(counts).tolist()  # one collective
+        counts = accuracy_counts(self._score(prompts, rollout) if prompts else torch.zeros(0))  # [4]
+        correct, total, reward_sum, abandoned = distributed.all_reduce_sum_tensor(counts).tolist()  # one collective
+        if abandoned:  # a stop request abandoned a reward call: no accuracy from part of the prompts
+            return {}
         metrics = {"val/acc": correct / max(total, 1), "val/reward": reward_sum / max(total, 1), "timing/val_s": now() - t0}
         self.stop.last_validation_s = metrics["timing/val_s"]
         self.logger.log(self.step, metrics, show=False)

@@ -1,7 +1,9 @@
 """When a run stops before its last step: on Ctrl-C / SIGTERM, or when trainer.max_minutes runs out.
 
 Every rank catches the signal and measures its own time; they agree through a sum over ranks, so
-all of them stop after the same step.
+all of them stop after the same step. A signal that lands inside a reward's own code abandons that
+call (``StopRequested``): a reward that hangs cannot hold the run, and the step it belonged to is
+abandoned (see ``scoring.score_rollout``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,14 @@ from __future__ import annotations
 import signal
 import sys
 
+from tunecli.rewards import reward_running
 from tunecli.trainer import distributed
 from tunecli.trainer.metrics import now
+
+
+class StopRequested(BaseException):
+    """Raised into a reward call by Ctrl-C / SIGTERM. A BaseException, like KeyboardInterrupt, so that a
+    reward's own ``except Exception`` does not swallow it."""
 
 
 class StopRules:
@@ -32,6 +40,12 @@ class StopRules:
         if self.requested:  # second Ctrl-C: leave now, without a checkpoint
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
+        self.request()
+        if reward_running():  # only there: the trainer's own code always finishes what it started
+            raise StopRequested
+
+    def request(self) -> None:
+        """Stop after the current step (or abandon it); what a first Ctrl-C does."""
         self.requested = True
         if distributed.is_main():
             print(

@@ -7,6 +7,7 @@ and checkpoints its exact position.
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -37,16 +38,27 @@ def load_splits(data, seed: int) -> tuple[list[Example], list[Example]]:
             f"data.train_files={_GSM8K_DEFAULT}/train.jsonl.",
             field="data.train_files",
         )
-    train_rows = read_rows(data.train_files, "data.train_files")
-    val_rows = read_rows(data.val_files, "data.val_files") if data.val_files else []
     if name == "gsm8k":
-        train, val = gsm8k_examples(train_rows), gsm8k_examples(val_rows)
+        examples = gsm8k_examples
     else:
-        train = custom_examples(train_rows, data.prompt_key, data.answer_key, "data.train_files")
-        val = custom_examples(val_rows, data.prompt_key, data.answer_key, "data.val_files")
-    if not val:  # no held-out file: hold out the last val_size training examples
-        train, val = train[: -data.val_size] or train, train[-data.val_size :]
-    return train, val[: data.val_size]
+        examples = functools.partial(custom_examples, prompt_key=data.prompt_key, answer_key=data.answer_key)
+    train = examples(read_rows(data.train_files, "data.train_files"))
+    if data.val_files:
+        return train, examples(read_rows(data.val_files, "data.val_files"))[: data.val_size]
+    return hold_out_tail(train, data.val_size, data.train_files)
+
+
+def hold_out_tail(train: list[Example], val_size: int, train_files: str) -> tuple[list[Example], list[Example]]:
+    """No held-out file: the last ``val_size`` training rows are held out, and never trained on."""
+    if len(train) <= val_size:
+        raise TuneError(
+            f"data.val_size = {val_size}: with no data.val_files the held-out prompts are the last {val_size} rows "
+            f"of data.train_files ('{train_files}'), which has only {len(train)}, so nothing would be left to train "
+            "on and held-out accuracy would be measured on training rows. Fix: lower data.val_size below "
+            f"{len(train)} (e.g. {max(1, len(train) // 10)}), or give data.val_files (a separate held-out file).",
+            field="data.val_size",
+        )
+    return train[:-val_size], train[-val_size:]
 
 
 def chat_messages(example: Example, system_prompt: str | None) -> list[dict[str, str]]:
