@@ -73,11 +73,12 @@ def math_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     """'field: saved -> current' for every changed field that changes the training math."""
     diffs = []
     for key, (old, new) in changed_leaves(saved, current).items():
-        if key == "data.val_size" and not held_out_from_own_file(current):
-            diffs.append(f"{key}: {old!r} -> {new!r} (the held-out rows are taken out of the training data, so the "
-                         "training set would change; only held-out rows from data.val_files can be resized)")
+        if key == "data.val_size":
+            if not held_out_from_own_file(current):
+                diffs.append(f"{key}: {old!r} -> {new!r} (the held-out rows are taken out of the training data, so "
+                             "the training set would change; only held-out rows from data.val_files can be resized)")
             continue
-        if key in RESUME_SAFE_FIELDS or key == "data.val_size":
+        if key in RESUME_SAFE_FIELDS:
             continue
         if key.startswith(RESUME_SAFE_SECTIONS) and key not in RESUME_MATH_FIELDS_IN_SAFE_SECTIONS:
             continue
