@@ -19,6 +19,7 @@ from tunecli.cli import app
 from tunecli.launch import hardware
 from tunecli.launch.hardware import Gpu, Machine
 from tunecli.config.io import dump_recipe
+from tunecli.trainer.manifest import write_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from torchrun_helpers import free_port, read_metrics, run, small_recipe, tune_cmd, worker_env, write_recipe  # noqa: E402
@@ -105,6 +106,7 @@ def test_hash_mismatch_is_refused_with_what_changed(recipes, tmp_path):
     ckpt = tmp_path / "runs" / "two" / "checkpoints" / "step_1"
     ckpt.mkdir(parents=True)
     (ckpt / "config.yaml").write_text(yaml.safe_dump(dump_recipe(small_recipe(original["model"]["path"], "two"))))
+    write_manifest(ckpt)  # the mark of a finished checkpoint
     yaml_path.write_text(yaml_path.read_text().replace("lr: 0.01", "lr: 0.03"))
 
     result = invoke("run", str(script))

@@ -12,6 +12,8 @@ from pathlib import Path
 from tunecli.config.schema import Recipe
 
 CHECKPOINTS = "checkpoints"
+# Written last into a checkpoint (every file's size and sha256): its presence marks a finished one.
+MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -34,13 +36,18 @@ def checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoints (their config.yaml is written last), oldest first."""
+def step_dirs(run_dir: Path) -> list[Path]:
+    """Every ``step_N`` directory, finished or not, oldest first (resume reports the ones it skips)."""
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None and (p / "config.yaml").is_file()]
+    found = [(step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints (their manifest is written last), oldest first; loading verifies them."""
+    return [p for p in step_dirs(run_dir) if (p / MANIFEST).is_file()]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -3,30 +3,59 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
 from tunecli.config import paths
 from tunecli.config.io import recipe_from_dict
+from tunecli.config.schema import Recipe
 from tunecli.errors import TuneError
-from tunecli.trainer import checkpoint
+from tunecli.trainer import checkpoint, manifest
 from tunecli.trainer.policy import load_policy
 
 EXPORT_KINDS = ("adapter", "merged", "both")
 
 
 def find_checkpoint(run_dir: Path, step: int | None) -> Path:
-    """The run's checkpoint of ``step`` (default: the latest), or a TuneError listing what exists."""
-    ckpt = paths.latest_checkpoint(run_dir) if step is None else paths.step_dir(run_dir, step)
-    if ckpt is not None and (ckpt / "config.yaml").is_file():
+    """The run's checkpoint of ``step`` (default: the newest), or a TuneError listing what exists."""
+    found = paths.step_dirs(run_dir)
+    ckpt = (found[-1] if found else None) if step is None else paths.step_dir(run_dir, step)
+    if ckpt is not None and ckpt.is_dir():
         return ckpt
-    found = [p.name for p in paths.complete_checkpoints(run_dir)]
     raise TuneError(
         f"No checkpoint{'' if step is None else f' step_{step}'} in '{paths.checkpoints_dir(run_dir)}' "
-        f"(found: {', '.join(found) or 'none'}). Pass the run directory of a `tune train` run (default runs/NAME).",
+        f"(found: {', '.join(p.name for p in found) or 'none'}). Pass the run directory of a `tune train` run (default runs/NAME).",
         field="RUN_DIR",
     )
+
+
+def _unusable(ckpt: Path, problem: str) -> TuneError:
+    others = [p.name.removeprefix("step_") for p in paths.complete_checkpoints(ckpt.parent.parent) if p != ckpt]
+    fix = f"export an earlier one with --step N (finished: {', '.join(others)})" if others else "train again to write a new one"
+    return TuneError(f"Cannot export {ckpt}: {problem}. Fix: {fix}.", field="--step")
+
+
+def verified_recipe(ckpt: Path) -> Recipe:
+    """The checkpoint's recipe, once every file matches the manifest (a TuneError otherwise)."""
+    problem = manifest.verify(ckpt)
+    if problem is not None:
+        raise _unusable(ckpt, problem)
+    return recipe_from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()), source=str(ckpt / "config.yaml"))
+
+
+def load_trained(ckpt: Path, recipe: Recipe) -> Any:
+    """The policy with the checkpoint's weights; a TuneError when they do not load or hold NaN or inf."""
+    policy = load_policy(recipe, torch.device("cpu"), with_reference=False)
+    try:
+        checkpoint.load(ckpt, policy.model, None)
+    except checkpoint.checkpoint_errors() as e:  # a checkpoint that verifies but does not load: another model, a torch upgrade
+        raise _unusable(ckpt, f"loading its weights failed ({checkpoint.describe_error(e)})") from e
+    bad = checkpoint.nonfinite_weights(policy.model)
+    if bad:
+        raise _unusable(ckpt, f"{len(bad)} trained weight tensor(s) hold NaN or inf (e.g. {bad[0]}), so the model is destroyed")
+    return policy
 
 
 def export_run(run_dir: Path, out: Path | None = None, step: int | None = None, what: str = "both") -> dict[str, Path]:
@@ -35,13 +64,12 @@ def export_run(run_dir: Path, out: Path | None = None, step: int | None = None, 
         raise TuneError(f"--what = {what!r}: not an export kind. Fix: use adapter, merged or both.", field="--what")
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, step)
-    recipe = recipe_from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()), source=str(ckpt / "config.yaml"))
+    recipe = verified_recipe(ckpt)
     is_lora = recipe.model.method == "lora"
     if what == "adapter" and not is_lora:
         raise TuneError("--what adapter: this run trained every weight (model.method full), so it has no adapter. Use --what merged.")
     out = Path(out) if out else run_dir / "export"
-    policy = load_policy(recipe, torch.device("cpu"), with_reference=False)
-    checkpoint.load(ckpt, policy.model, None)
+    policy = load_trained(ckpt, recipe)
     written: dict[str, Path] = {}
     if is_lora and what in ("adapter", "both"):
         policy.model.save_pretrained(out / "adapter")

@@ -118,16 +118,19 @@ class Trainer:
     def _setup_optimizer(self) -> None:
         actor = self.recipe.actor
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=actor.lr, weight_decay=actor.weight_decay)
-        lr_factor = lr_lambda(actor.lr_warmup_steps, self.total_steps, actor.lr_scheduler_type)
+        self.schedule_steps = self.total_steps  # the LR schedule's length (a time budget may end the run sooner)
+        lr_factor = lr_lambda(actor.lr_warmup_steps, self.schedule_steps, actor.lr_scheduler_type)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
 
     def _resume_or_start(self) -> None:
         config = dump_recipe(self.recipe)
-        latest = paths.latest_checkpoint(self.run_dir)
-        if latest is None or not self.resume:  # a new run, or starting over (rundir.claim moved the old one)
+        checkpoint.remove_stale(self.run_dir)
+        if not self.resume:  # rundir.claim moved the old run aside
             return
-        checkpoint.check_compatible(latest, config)
-        state = checkpoint.load(latest, self.policy.model, self.optimizer)
+        resumed = checkpoint.resume(self.run_dir, self.policy.model, self.optimizer, config, self.schedule_steps)
+        if resumed is None:
+            return
+        latest, state = resumed
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -399,7 +402,8 @@ class Trainer:
         return metrics
 
     def save_checkpoint(self) -> Path:
-        state = {"step": self.step, "sampler": self.sampler.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"step": self.step, "sampler": self.sampler.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "schedule_steps": self.schedule_steps}
         return checkpoint.save(self.run_dir, self.step, self.policy.model, self.optimizer, state, dump_recipe(self.recipe))
 
     def _print(self, text) -> None:

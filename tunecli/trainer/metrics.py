@@ -8,6 +8,7 @@ metrics are averaged by ``UpdateAverages``, per optimizer step or per micro-batc
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -131,16 +132,24 @@ class MetricsLogger:
         if step == 0:  # step 0 is re-run whole (validation included)
             self.path.unlink()
             return
+        finished = step == self.total  # a finished run started again runs its final validation again
         kept = []
         for line in self.path.read_text().splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError:  # a line cut short by a kill
                 continue
-            if record.get("step", 0) <= step:
+            at = record.get("step", 0)
+            if at < step or (at == step and not (finished and "val/acc" in record)):
                 kept.append(record)
         self.history = kept
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # A new file renamed over the old one: a kill mid-rewrite leaves the old lines or the new, whole.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def __enter__(self) -> MetricsLogger:
         if self.progress:
