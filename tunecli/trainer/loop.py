@@ -23,7 +23,6 @@ from tunecli.algorithms import get_algorithm
 from tunecli.algorithms.advantages import compute_advantages, nonzero_variance_groups
 from tunecli.algorithms.core import normalizer_count
 from tunecli.algorithms.losses import policy_loss
-from tunecli.config import paths
 from tunecli.config.io import dump_recipe
 from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
