@@ -38,6 +38,28 @@ def pack_by_tokens(ordered: list[int], length, budget: int) -> list[list[int]]:
     return batches
 
 
+def minibatch_indices(num_groups: int, group_size: int, active: torch.Tensor, num_mini: int, world_size: int) -> list[list[int]]:
+    """The samples of each mini-batch: consecutive whole groups."""
+    per_mini = max(1, num_groups // num_mini) * group_size  # samples
+    # One process drops filtered (tied) groups outright: less compute. Several ranks keep them,
+    # masked out, so that every rank runs the same number of forward passes (FSDP needs that).
+    drop_inactive = world_size == 1
+    minibatches = []
+    for m in range(num_mini):
+        samples = range(m * per_mini, (m + 1) * per_mini)
+        minibatches.append([i for i in samples if active[i]] if drop_inactive else list(samples))
+    return minibatches
+
+
+def micro_batches(ordered: list[int], rollout, actor) -> list[list[int]]:
+    """Split ``ordered`` samples into micro-batches: a fixed count, or a token budget when one is set."""
+    if actor.ppo_max_token_len_per_gpu is None:
+        size = actor.ppo_micro_batch_size_per_gpu
+        return [ordered[s : s + size] for s in range(0, len(ordered), size)]
+    budget = actor.ppo_max_token_len_per_gpu
+    return pack_by_tokens(ordered, lambda i: len(rollout.prompt_ids[i]) + len(rollout.response_ids[i]), budget)
+
+
 def length_buckets(lengths: list[int], pass_cost: int | None = None) -> list[list[int]]:
     """Split rows into buckets of similar length so that padded positions plus per-pass costs are fewest.
 

@@ -28,7 +28,7 @@ from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.trainer import checkpoint, distributed, guards, rundir
-from tunecli.trainer.batching import pack_by_tokens, pad_rows, response_mask
+from tunecli.trainer.batching import micro_batches, minibatch_indices, pad_rows, response_mask
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
 from tunecli.trainer.passes import PassSettings, choose_pass
@@ -276,7 +276,8 @@ class Trainer:
         gradient of the global loss, and a 2-rank run takes the same step as a 1-rank run.
         """
         cfg, actor = self.recipe, self.recipe.actor
-        minibatches = self._minibatches(rollout, active)
+        num_mini = cfg.data.train_batch_size // actor.ppo_mini_batch_size
+        minibatches = minibatch_indices(rollout.num_groups, rollout.group_size, active, num_mini, self.dist.world_size)
         on_policy = actor.ppo_epochs == 1 and len(minibatches) == 1
         need_old = not on_policy or cfg.rollout.use_rollout_logprobs
         old_logp, ref_logp = self._reference_passes(rollout, [i for mb in minibatches for i in mb], need_old=need_old)
@@ -301,28 +302,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {**averages.means(), "actor/updates": float(averages.updates)}
 
-    def _minibatches(self, rollout: Rollout, active: torch.Tensor) -> list[list[int]]:
-        """The samples of each mini-batch: consecutive whole groups."""
-        num_mini = self.recipe.data.train_batch_size // self.recipe.actor.ppo_mini_batch_size
-        per_mini = max(1, rollout.num_groups // num_mini) * rollout.group_size  # samples
-        # One process drops filtered (tied) groups outright: less compute. Several ranks keep them,
-        # masked out, so that every rank runs the same number of forward passes (FSDP needs that).
-        drop_inactive = self.dist.world_size == 1
-        minibatches = []
-        for m in range(num_mini):
-            samples = range(m * per_mini, (m + 1) * per_mini)
-            minibatches.append([i for i in samples if active[i]] if drop_inactive else list(samples))
-        return minibatches
-
     def _micro_batches(self, rollout: Rollout, indices: list[int]) -> list[list[int]]:
         # In the order the forward pass runs fastest; the loss is a sum, so the order does not change the math.
-        actor = self.recipe.actor
         ordered = self.forward_pass.micro_batch_order(rollout, indices)
-        if actor.ppo_max_token_len_per_gpu is None:
-            size = actor.ppo_micro_batch_size_per_gpu
-            return [ordered[s : s + size] for s in range(0, len(ordered), size)]
-        budget = actor.ppo_max_token_len_per_gpu
-        return pack_by_tokens(ordered, lambda i: len(rollout.prompt_ids[i]) + len(rollout.response_ids[i]), budget)
+        return micro_batches(ordered, rollout, self.recipe.actor)
 
     @torch.no_grad()
     def _reference_passes(self, rollout: Rollout, indices: list[int], need_old: bool):
