@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from tunecli import __version__
 from tunecli.config.header import HEADER_PREFIX, stamp
+from tunecli.config.paths import slurm_log
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
@@ -145,6 +146,7 @@ def render_script(recipe: Any, yaml_text: str, *, yaml_abspath: str | None = Non
         nproc_per_node=launch.n_gpus_per_node,
         rdzv_endpoint=launch.rdzv_endpoint,
         hardware=launch.hardware,
+        slurm_log=slurm_log(recipe.name),
         model=recipe.model.path,
         summary=f"{recipe.algorithm.name} {recipe.model.method}, {recipe.rollout.name} rollouts, "
         f"{launch.nnodes} x {launch.n_gpus_per_node} {launch.hardware}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import typer
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
         no_resume: bool = typer.Option(False, "--no-resume", help=NO_RESUME_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
+        follow: bool = typer.Option(False, "--follow", help="SLURM: after submitting, print the job's progress lines until it ends."),
     ) -> None:
         """Check the recipe (script and YAML, every `tune new` check, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
         from tunecli.launch import plan as planning
@@ -64,6 +66,10 @@ def register(app: typer.Typer) -> None:
                 console.warning("Ctrl-C again: the trainer quits without saving (a third Ctrl-C kills every process).")
             else:
                 console.warning("Killing the run and all its processes.")
+
+        if target.slurm:
+            with planning.submitted(launch) as command:
+                raise typer.Exit(_submit(command, launch.env, target, follow))
 
         torchrun = target.recipe is not None and target.recipe.launch.world_size > 1 and not target.slurm
         with planning.submitted(launch) as command:
@@ -115,3 +121,24 @@ def _report_interrupt(target, again: str) -> None:
         console.info(escape(f"Stopped. Latest checkpoint: {ckpt}. Run {again} again to resume from it."))
     else:
         console.info(escape(f"Stopped before any checkpoint was written; {again} starts from the beginning."))
+
+
+def _submit(command: list[str], env: dict[str, str], target, follow: bool) -> int:
+    """sbatch the job; print its id and log, and with ``follow`` its progress until it ends."""
+    from tunecli.cli.status import show_status
+    from tunecli.launch import slurm
+    from tunecli.launch.runner import STATUS_FILE_ENV
+
+    name = target.recipe.name if target.recipe is not None else target.path.stem
+    job_env = {**os.environ, **env}
+    job_env.pop(STATUS_FILE_ENV, None)  # the job outlives `tune run`: nothing may point at its temp files
+    try:
+        job = slurm.submit(command, job_env, name)
+    except TuneError as e:
+        console.error(str(e))
+        return 1
+    console.info(escape(f"Submitted SLURM job {job.job_id}. Log: {job.log}"))
+    if not follow:
+        console.info(escape(f"Follow it with `tune status {name}` (from this directory) or `tune status {job.job_id}`."))
+        return 0
+    return show_status(job.job_id, name, follow=True)

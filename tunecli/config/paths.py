@@ -22,6 +22,12 @@ def run_dir(recipe: Recipe) -> Path:
     return Path(recipe.trainer.default_local_dir or Path("runs") / recipe.trainer.experiment_name)
 
 
+def slurm_log(name: str, job_id: str = "%j") -> str:
+    """A SLURM job's log, relative to the directory sbatch ran in: the sbatch file's ``--output`` (with
+    SLURM's ``%j``) and where `tune run` / `tune status` look for it."""
+    return f"{name}-{job_id}.log"
+
+
 def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 

@@ -169,7 +169,7 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
         if show and self.progress:
             self.progress.update(self.task, completed=step, description="")
-            self.progress.console.print(live_line(step, self.total, metrics), highlight=False)
+            self.progress.console.print(live_line(step, self.total, metrics), highlight=False, soft_wrap=True)
 
     def print(self, text) -> None:
         if self.progress:  # the main rank's

@@ -37,6 +37,10 @@ class StopRules:
             pass
 
     def _on_signal(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGTERM:
+            # Already stopping. SLURM signals every process of a step and torchrun passes the signal
+            # on to its workers again: only a person's second Ctrl-C means "quit without saving".
+            return
         if self.requested:  # second Ctrl-C: leave now, without a checkpoint
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
