@@ -145,3 +145,63 @@ def test_scancel_checkpoints_and_resubmitting_resumes(slurm_cluster, tiny_model_
     assert f"Resumed from runs/sl/checkpoints/step_{stopped_at} (step {stopped_at}/{steps})" in second_log.read_text()
     assert "|sl|COMPLETED|0:0|" in _sacct(slurm_cluster, second_id)
     assert sorted(read_metrics(run_dir)) == list(range(1, steps + 1))
+
+
+# --- without a cluster -------------------------------------------------------------------------------
+
+
+def test_repeated_sigterm_still_stops_with_a_checkpoint():
+    """SLURM signals every process of a step and torchrun passes SIGTERM on again: a second SIGTERM
+    must not become "quit without saving" (only a second Ctrl-C does)."""
+    from tunecli.trainer.stopping import StopRules
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rules = StopRules(None)
+        rules.install_signal_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # no KeyboardInterrupt
+        assert rules.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a person pressing Ctrl-C while it stops
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_sbatch_file_signals_requeues_and_names_its_log(tmp_path):
+    from tunecli.authoring import render
+    from torchrun_helpers import small_recipe
+
+    recipe = small_recipe(tmp_path, "sj", launch={"launcher": "slurm", "n_gpus_per_node": 2})
+    _, script = render.write_files(render.render(recipe, out_dir=tmp_path), tmp_path)
+    text = script.read_text()
+    for line in ("#SBATCH --signal=TERM@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+                 "#SBATCH --output=sj-%j.log", "#SBATCH --cpus-per-task=2"):
+        assert f"\n{line}\n" in text
+    assert "--standalone" in text and "29500" not in text  # one node: no fixed rendezvous port
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_progress_line_and_latest_job_come_from_the_logs(tmp_path):
+    from tunecli.launch import slurm
+
+    log = tmp_path / "sl-12.log"
+    log.write_text("Loading weights: 0%\rLoading weights: 100%\n"
+                   "step 1/4 reward 0.1 tok/s gen 0.1s train 1.0s\n"
+                   "GRPO ━━ 1/4\rstep 2/4 reward 0.2 tok/s gen 0.1s train 0.9s\nvalidation @ step 2\n")
+    (tmp_path / "sl-9.log").write_text("")
+    (tmp_path / "sl-extra-30.log").write_text("")  # another recipe's log
+    assert slurm.last_progress(log) == "step 2/4 reward 0.2 tok/s gen 0.1s train 0.9s"
+    assert slurm.last_progress(tmp_path / "missing.log") is None
+    assert slurm.latest_job("sl", tmp_path) == "12"
+    assert slurm.latest_job("other", tmp_path) is None
+
+
+def test_tune_status_without_a_log_explains(tmp_path, monkeypatch):
+    from recipe_testutil import flat, tune
+
+    monkeypatch.chdir(tmp_path)
+    result = tune("status", "generated/sl.sh")
+    assert result.exit_code == 1
+    assert "No SLURM log of recipe 'sl'" in flat(result.output) and "pass the job id" in flat(result.output)
