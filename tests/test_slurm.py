@@ -95,6 +95,7 @@ def _queued(cluster: SlurmCluster, job_id: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_job_trains_and_tune_status_follows_it(slurm_cluster, tiny_model_dir, tmp_path):
     """`tune run --follow` on a SLURM recipe: sbatch, job id and log printed, 2 steps through `srun
     torchrun` on 2 processes, progress followed to the end; sacct and `tune status` show it finished."""
@@ -118,6 +119,7 @@ def test_slurm_job_trains_and_tune_status_follows_it(slurm_cluster, tiny_model_d
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_scancel_checkpoints_and_resubmitting_resumes(slurm_cluster, tiny_model_dir, tmp_path):
     """`scancel` (SIGTERM to every process of the job, as at the time limit) lets the trainer write a
     checkpoint; `tune run` again submits a job that resumes from it and finishes."""
