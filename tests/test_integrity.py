@@ -14,7 +14,7 @@ import pytest
 
 from recipe_testutil import flat, tune
 
-from tunecli.launch import runner
+from tunecli.launch import runner, slurm
 
 MARKER_REWARD = """\
 from pathlib import Path
@@ -182,20 +182,22 @@ def test_sbatch_gets_the_checked_bytes(tmp_path, monkeypatch):
     checked = sh.read_bytes()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\ncp "$1" "$SUBMITTED"; shift; printf "%s\\n" "$@" > "$ARGS"\n')
+    (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\n[[ $1 == --parsable ]] && shift\n'
+                                    'cp "$1" "$SUBMITTED"; shift; printf "%s\\n" "$@" > "$ARGS"; echo 42\n')
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SUBMITTED", str(tmp_path / "submitted.sh"))
     monkeypatch.setenv("ARGS", str(tmp_path / "args"))
-    real_run_child = runner.run_child
+    real_submit = slurm.submit
 
-    def swap_then_submit(command, env=None, **kw):
+    def swap_then_submit(command, env, name):
         sh.write_text("#!/usr/bin/env bash\n#SBATCH --nodes=64\ntouch PWNED\n")
-        return real_run_child(command, env, **kw)
+        return real_submit(command, env, name)
 
-    monkeypatch.setattr(runner, "run_child", swap_then_submit)
+    monkeypatch.setattr(slurm, "submit", swap_then_submit)
     result = tune("run", sh)
     assert result.exit_code == 0, result.output
+    assert "Submitted SLURM job 42." in flat(result.output)
     assert (tmp_path / "submitted.sh").read_bytes() == checked
     args = (tmp_path / "args").read_text().split()
     assert args[:2] == ["--config-sha256", hashlib.sha256((tmp_path / "g" / "s.yaml").read_bytes()).hexdigest()]

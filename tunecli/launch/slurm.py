@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -64,7 +65,8 @@ def submit(command: list[str], env: dict[str, str], name: str) -> Submission:
         raise TuneError(f"sbatch refused the job (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}",
                         field="launch.launcher")
     # --parsable prints "JOBID" or "JOBID;CLUSTER"
-    job_id = result.stdout.strip().splitlines()[-1].split(";")[0]
+    lines = result.stdout.strip().splitlines()
+    job_id = lines[-1].split(";")[0] if lines else ""
     if not job_id.isdigit():
         raise TuneError(f"sbatch printed {result.stdout.strip()!r} where a job id was expected.", field="launch.launcher")
     return Submission(job_id, log_of(job_id, name, env))
@@ -72,8 +74,10 @@ def submit(command: list[str], env: dict[str, str], name: str) -> Submission:
 
 def log_of(job_id: str, name: str | None, env: dict[str, str] | None = None) -> Path | None:
     """The job's StdOut as slurmctld knows it; else the sbatch file's own --output in this directory."""
-    result = _query(["scontrol", "show", "job", "--oneliner", job_id], env)
-    match = re.search(r"\bStdOut=(\S+)", result.stdout) if result.returncode == 0 else None
+    match = None
+    if shutil.which("scontrol", path=(env or os.environ).get("PATH")):
+        result = _query(["scontrol", "show", "job", "--oneliner", job_id], env)
+        match = re.search(r"\bStdOut=(\S+)", result.stdout) if result.returncode == 0 else None
     if match:
         return Path(match.group(1))
     return Path(os.path.abspath(slurm_log(name, job_id))) if name else None
