@@ -49,6 +49,7 @@ def _new_recipe(tmp_path: Path, model: Path, steps: int) -> Path:
         args += ["--set", f"{key}={value}"]
     made = run(tune_cmd(*args), timeout=120, cwd=tmp_path, env=worker_env())
     assert made.returncode == 0, made.stdout[-3000:]
+    assert "Submit it: tune run" in " ".join(made.stdout.split())
     script = tmp_path / "generated" / "sl.sh"
     assert "#SBATCH --signal=TERM@120" in script.read_text()
     return script
@@ -123,7 +124,7 @@ def test_slurm_job_trains_and_tune_status_follows_it(slurm_cluster, tiny_model_d
 def test_scancel_checkpoints_and_resubmitting_resumes(slurm_cluster, tiny_model_dir, tmp_path):
     """`scancel` (SIGTERM to every process of the job, as at the time limit) lets the trainer write a
     checkpoint; `tune run` again submits a job that resumes from it and finishes."""
-    steps = 8
+    steps = 12  # enough that the job is still training when scancel lands
     script = _new_recipe(tmp_path, tiny_model_dir, steps=steps)
     first = _tune(slurm_cluster, tmp_path, "run", str(script))
     assert first.returncode == 0, first.stdout[-3000:]
@@ -135,7 +136,7 @@ def test_scancel_checkpoints_and_resubmitting_resumes(slurm_cluster, tiny_model_
     _wait(lambda: not _queued(slurm_cluster, job_id), "end of the cancelled job")
     assert "|sl|CANCELLED|" in _sacct(slurm_cluster, job_id)
     text = log.read_text()
-    stopped = re.search(r"Interrupted at step (\d+)/8\. Checkpoint: runs/sl/checkpoints/step_(\d+)", text)
+    stopped = re.search(rf"Interrupted at step (\d+)/{steps}\. Checkpoint: runs/sl/checkpoints/step_(\d+)", text)
     assert stopped, text[-3000:]
     stopped_at = int(stopped.group(1))
     assert 1 <= stopped_at < steps

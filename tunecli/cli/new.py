@@ -119,7 +119,7 @@ def _print_dry_run(rendered: Rendered, out: Path) -> None:
     console.info("Dry run: nothing was written.")
 
 
-def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path) -> None:
+def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path, *, slurm: bool = False) -> None:
     from rich.tree import Tree
 
     tree = Tree(f"[bold]{escape(str(out))}/[/bold]")
@@ -127,6 +127,9 @@ def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path) -> None
     tree.add(f"{sh_path.name}  [dim](launch script)[/dim]")
     console.out.print(tree)
     shown = shlex.quote(str(sh_path))
+    if slurm:
+        console.success(escape(f"Recipe {name} written. Submit it:  tune run {shown}   (or: sbatch {shown})"))
+        return
     console.success(escape(f"Recipe {name} written. Run it:  bash {shown}   (or: tune run {shown})"))
 
 
@@ -190,4 +193,4 @@ def _new(request: NewRequest) -> None:
     if request.interactive:
         _confirm_write(rendered, out, force=request.force)
     yaml_path, sh_path = write_recipe(rendered, out, overwrite=request.force or request.interactive)
-    _print_written(rendered.name, out, yaml_path, sh_path)
+    _print_written(rendered.name, out, yaml_path, sh_path, slurm=checked.recipe.launch.launcher == "slurm")
