@@ -208,3 +208,14 @@ def test_tune_status_without_a_log_explains(tmp_path, monkeypatch):
     result = tune("status", "generated/sl.sh")
     assert result.exit_code == 1
     assert "No SLURM log of recipe 'sl'" in flat(result.output) and "pass the job id" in flat(result.output)
+
+
+def test_follow_on_a_local_recipe_says_it_runs_here(tmp_path, monkeypatch, tiny_model_dir):
+    from recipe_testutil import flat, tune
+    from torchrun_helpers import small_recipe, write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    _, script = write_recipe(small_recipe(tiny_model_dir, "loc", launch={"n_gpus_per_node": 1, "strategy": "none"}), tmp_path)
+    result = tune("run", script, "--follow", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "--follow is for SLURM recipes" in flat(result.output)

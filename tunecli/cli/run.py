@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
 
         for n in launch.notes:
             console.info(n)
+        if follow and not target.slurm:
+            console.warning("--follow is for SLURM recipes: this one runs here, in the foreground, printing its progress.")
         lines = launch.lines()
         if dry_run:
             console.info("Would run:")
