@@ -156,8 +156,10 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         """Stop the daemons this cluster started (slurmd first, munged last) and any job left running."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
             try:
-                self._run("scancel", "--full", "--user", pwd.getpwuid(os.geteuid()).pw_name, timeout=10)
-            except (OSError, subprocess.SubprocessError):
+                self._run("scancel", "--user", pwd.getpwuid(os.geteuid()).pw_name, timeout=10)
+                # Let slurmd see its jobs end (KillWait is 30 s) so that no job step outlives it.
+                self._wait(lambda: not self._run("squeue", "--noheader").stdout.strip(), "the jobs to end", timeout=45)
+            except (OSError, subprocess.SubprocessError, RuntimeError):
                 pass
         for name in reversed(DAEMONS):
             proc = self.procs.pop(name, None)
