@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 
 import torch
-from rich import print as rprint
 
+from tunecli import console
 from tunecli.algorithms import get_algorithm
 from tunecli.algorithms.advantages import compute_advantages, nonzero_variance_groups
 from tunecli.algorithms.core import normalizer_count
@@ -394,7 +394,7 @@ class Trainer:
             if logger is not None:
                 logger.print(text)
             else:
-                rprint(text)
+                console.out.print(text)
 
     # =========================================================================================
     # cleanup
