@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 from rich.console import Console
@@ -60,6 +61,11 @@ def quiet_libraries(verbose: bool = False) -> None:
         warnings.simplefilter("ignore")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Already imported (read their variables too early): their own switches, without importing anything.
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
 
 
 def info(msg: str) -> None:
