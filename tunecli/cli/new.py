@@ -119,7 +119,7 @@ def _print_dry_run(rendered: Rendered, out: Path) -> None:
     console.info("Dry run: nothing was written.")
 
 
-def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path) -> None:
+def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path, *, slurm: bool = False) -> None:
     from rich.tree import Tree
 
     tree = Tree(f"[bold]{escape(str(out))}/[/bold]")
@@ -127,7 +127,8 @@ def _print_written(name: str, out: Path, yaml_path: Path, sh_path: Path) -> None
     tree.add(f"{sh_path.name}  [dim](launch script)[/dim]")
     console.out.print(tree)
     shown = shlex.quote(str(sh_path))
-    console.success(escape(f"Recipe {name} written. Run it:  bash {shown}   (or: tune run {shown})"))
+    start = f"Submit it:  sbatch {shown}" if slurm else f"Run it:  bash {shown}"  # an sbatch file is a job, not a script to run here
+    console.success(escape(f"Recipe {name} written. {start}   (or: tune run {shown})"))
 
 
 def register(app: typer.Typer) -> None:
@@ -190,4 +191,4 @@ def _new(request: NewRequest) -> None:
     if request.interactive:
         _confirm_write(rendered, out, force=request.force)
     yaml_path, sh_path = write_recipe(rendered, out, overwrite=request.force or request.interactive)
-    _print_written(rendered.name, out, yaml_path, sh_path)
+    _print_written(rendered.name, out, yaml_path, sh_path, slurm=checked.recipe.launch.launcher == "slurm")
