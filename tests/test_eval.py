@@ -94,3 +94,14 @@ def test_eval_refusals_are_one_paragraph(tmp_path, tiny_model_dir):
     bad_engine = tune("eval", str(tiny_model_dir), "--engine", "foo", "--data", "arithmetic")
     assert bad_engine.exit_code == 1 and "--engine = 'foo'" in flat(bad_engine.output)
     assert "Traceback" not in no_recipe.output + empty_run.output + bad_engine.output
+
+
+@pytest.mark.slow
+def test_eval_of_the_merged_export_matches_the_run(trained, tmp_path):
+    config, run_dir = trained
+    exported = tune("export", str(run_dir), "--what", "merged", "--out", str(tmp_path / "out"))
+    assert exported.exit_code == 0, exported.output
+    from_export = _eval_json(str(tmp_path / "out" / "merged"), "--config", str(config))["results"][0]
+    from_run = _eval_json(str(run_dir), "--config", str(config))["results"][0]
+    assert from_export["questions"] == from_run["questions"] == 6
+    assert from_export["greedy_reward"] == pytest.approx(from_run["greedy_reward"], abs=1e-6)
