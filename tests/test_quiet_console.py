@@ -75,7 +75,7 @@ def test_quickstart_like_run_prints_only_product_lines(tmp_path, model_dir):
     step_lines = [line for line in quiet.stdout.splitlines() if line.startswith("step ")]
     assert len(step_lines) == 2 and all(len(line) > 80 for line in step_lines)  # one line each, never folded
 
-    loud = _tune("--verbose", "train", "--config", str(config), "--overwrite")
+    loud = _tune("train", "--config", str(config), "--overwrite", "--verbose")  # undoes the app's quiet default
     assert loud.returncode == 0, loud.stderr[-3000:]
     noise = _library_lines(loud.stdout + loud.stderr)
     assert any(mark in line for line in noise for mark in LIBRARY_MARKS), noise[:20]

@@ -30,6 +30,8 @@ QUIET_ENV = {
     "PYTHONWARNINGS": "ignore",  # child processes (torchrun workers) start quiet too
 }
 # Python loggers whose WARNINGs are library notes, not the product's.
+_IGNORE_ALL = ("ignore", None, Warning, None, 0)  # the entry warnings.simplefilter("ignore") adds
+_set_here: set[str] = set()  # the variables quiet_libraries set (a user's own are never touched)
 QUIET_LOGGERS = ("vllm", "transformers", "torch", "datasets", "huggingface_hub", "peft", "accelerate")
 
 
@@ -54,9 +56,18 @@ def quiet_libraries(verbose: bool = False) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     if is_verbose():
+        for name in _set_here:  # a command's own --verbose after the app's quiet default
+            os.environ.pop(name, None)
+        _set_here.clear()
+        if _IGNORE_ALL in warnings.filters:
+            warnings.filters.remove(_IGNORE_ALL)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
         return
     for name, value in QUIET_ENV.items():
-        os.environ.setdefault(name, value)
+        if name not in os.environ:
+            os.environ[name] = value
+            _set_here.add(name)
     if os.environ["PYTHONWARNINGS"] == "ignore":
         warnings.simplefilter("ignore")
     for name in QUIET_LOGGERS:

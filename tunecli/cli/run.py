@@ -28,8 +28,10 @@ def register(app: typer.Typer) -> None:
         no_resume: bool = typer.Option(False, "--no-resume", help=NO_RESUME_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' warnings and progress bars too."),
     ) -> None:
         """Check the recipe (script and YAML, every `tune new` check, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
+        console.quiet_libraries(verbose)
         from tunecli.launch import plan as planning
         from tunecli.launch.runner import run_child
 
