@@ -80,7 +80,8 @@ def resolve_target(target: str, config: str | None) -> EvalTarget:
         recipe = load_recipe(config, []) if config else verified_recipe(ckpt)
         trained = verified_recipe(ckpt) if config else recipe
         # the checkpoint's model (base path, LoRA shape); --config brings only data and reward
-        return EvalTarget(target, recipe.model_copy(update={"model": trained.model}), ckpt)
+        label = f"{target} ({ckpt.name.replace('_', ' ')})"  # which checkpoint a run directory meant
+        return EvalTarget(label, recipe.model_copy(update={"model": trained.model}), ckpt)
     if config is None:
         recipe = Recipe()
     else:
