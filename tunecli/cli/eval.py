@@ -70,7 +70,7 @@ def _print_table(rows: list[dict], engine: str) -> None:
     if diff:
         table_rows.append(["difference", "", *(f"{100 * diff[k]:+.1f}" for k in metrics), f"{diff['greedy_reward']:+.3f}"])
     names = {"greedy_acc": "greedy accuracy"}
-    console.table(f"Held-out evaluation ({engine} engine)", ["model", "questions", *(names.get(k, k) for k in metrics), "mean reward"], table_rows)
+    console.table(f"Held-out evaluation ({engine} engine)", ["model", "questions", *(names.get(k, k) for k in metrics), "greedy reward"], table_rows)
     if diff:
         base, trained = rows
         console.info(f"held-out greedy accuracy: {percent(base['greedy_acc'])} (base) -> {percent(trained['greedy_acc'])} "
