@@ -105,3 +105,15 @@ def test_eval_of_the_merged_export_matches_the_run(trained, tmp_path):
     from_run = _eval_json(str(run_dir), "--config", str(config))["results"][0]
     assert from_export["questions"] == from_run["questions"] == 6
     assert from_export["greedy_reward"] == pytest.approx(from_run["greedy_reward"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_eval_of_a_model_directory_and_a_catalogue_model_on_given_data(tmp_path, tiny_model_dir):
+    rows = tmp_path / "held.jsonl"
+    rows.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(5)))
+    (tmp_path / "reward.py").write_text(REWARD_PY)
+    reward = f"{tmp_path / 'reward.py'}:digits"
+    (row,) = _eval_json(str(tiny_model_dir), "--data", str(rows), "--reward", reward, "--engine", "hf")["results"]
+    assert row["questions"] == 5 and row["model"] == str(tiny_model_dir)
+    (row,) = _eval_json("smollm2-135m", "--data", "arithmetic", "--limit", "2", "--engine", "hf")["results"]
+    assert row["questions"] == 2 and 0.0 <= row["greedy_acc"] <= 1.0
