@@ -149,14 +149,21 @@ def test_overrides_are_checked_before_launch(recipes):
     assert result.exit_code == 1 and "launch.* overrides" in " ".join(result.output.split())
 
 
-def test_gpu_recipe_on_this_cpu_machine_is_explained(tmp_path, monkeypatch):
+def test_gpu_recipe_on_this_cpu_machine_is_explained(tmp_path, monkeypatch, tiny_model_dir):
+    """A real run refuses; a dry run (preparing a cluster job on a laptop) warns and prints the plan."""
     monkeypatch.chdir(tmp_path)
-    _, script = write_recipe(small_recipe(tmp_path, "gpu", launch={"hardware": "h100", "n_gpus_per_node": 8}), tmp_path)
+    _, script = write_recipe(small_recipe(tiny_model_dir, "gpu", launch={"hardware": "h100", "n_gpus_per_node": 2}), tmp_path)
     monkeypatch.setattr(hardware, "detect_machine", lambda: Machine(2, (), "2.13.0+cpu", None))
-    result = invoke("run", str(script), "--dry-run")
+    result = invoke("run", str(script))
     assert result.exit_code == 1
     message = " ".join(result.output.split())
-    assert "8 x h100" in message and "CPU-only build" in message
+    assert "error:" in message and "2 x h100" in message and "CPU-only build" in message
+    assert not (tmp_path / "runs").exists()
+    dry = invoke("run", str(script), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    message = " ".join(dry.output.split())
+    assert "warning:" in message and "2 x h100" in message and "error:" not in message
+    assert "Would run:" in dry.output and "--nproc-per-node 2" in dry.output
 
 
 def _recipe(**launch):

@@ -77,6 +77,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.quiet_libraries()  # a torchrun worker: `tune run` passed its choice on in the environment
     args = parse_args(argv)
     command = ["python", "-m", "tunecli.train", *(argv if argv is not None else sys.argv[1:])]
     return train(args.config, args.overrides, no_resume=args.no_resume, overwrite=args.overwrite,

@@ -14,7 +14,7 @@ app = typer.Typer(
     name="tune",
     help="Write and run GRPO post-training recipes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Examples:  tune list  ·  tune new  ·  tune new --preset quickstart --yes  ·  tune run generated/NAME.sh",
@@ -23,9 +23,9 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `tune --help` stays fast; heavy libraries load inside each command.
-    from tunecli.cli import export, list as list_cmd, new, run, status, train, validate
+    from tunecli.cli import eval as eval_cmd, export, list as list_cmd, new, run, status, train, validate
 
-    for module in (list_cmd, new, validate, run, status, train, export):
+    for module in (list_cmd, new, validate, run, status, train, eval_cmd, export):
         module.register(app)
 
 
@@ -38,8 +38,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' warnings and progress bars too (or TUNECLI_VERBOSE=1)."),
 ) -> None:
     """Write and run GRPO post-training recipes."""
+    console.quiet_libraries(verbose)  # before any command imports torch, transformers or vLLM
 
 
 _register()

@@ -32,7 +32,8 @@ def _rows(menu: str, entries: list[Any]) -> tuple[list[str], list[list[str]]]:
              h.description]
             for h in entries
         ]
-    return [menu.rstrip("s") if menu != "hardware" else menu, "about"], [[e.name, e.description] for e in entries]
+    singular = menu[:-3] + "y" if menu.endswith("ies") else menu.removesuffix("s")  # strategies -> strategy
+    return [singular, "about"], [[e.name, e.description] for e in entries]
 
 
 def _matches(entry: Any, text: str) -> bool:

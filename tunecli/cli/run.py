@@ -30,8 +30,10 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
         follow: bool = typer.Option(False, "--follow", help="SLURM: after submitting, print the job's progress lines until it ends."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' warnings and progress bars too."),
     ) -> None:
         """Check the recipe (script and YAML, every `tune new` check, hardware) and run its trainer; Ctrl-C stops after a checkpoint."""
+        console.quiet_libraries(verbose)
         from tunecli.launch import plan as planning
         from tunecli.launch.runner import run_child
 
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
             target = planning.resolve_target(recipe, trust=trust, overrides=overrides)
             for w in target.warnings:
                 console.warning(w)
-            if not _checks_pass(target):
+            if not _checks_pass(target, dry_run=dry_run):
                 raise typer.Exit(1)
             launch = planning.plan(target, overrides, no_resume=no_resume, overwrite=overwrite, break_lock=break_lock)
         except TuneError as e:
@@ -86,10 +88,11 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code)
 
 
-def _checks_pass(target) -> bool:
+def _checks_pass(target, *, dry_run: bool = False) -> bool:
     """Every `tune new` check on the recipe as it will run (overrides applied) and the hardware check, all
     reported (warnings, then each refusal as its own paragraph). Nothing to check for a trusted script
-    without a YAML."""
+    without a YAML. A dry run prepares a job for other machines (a cluster job on a laptop): there a
+    hardware mismatch is a warning, and the plan is still printed."""
     from tunecli.authoring.checks import check_recipe
     from tunecli.launch import hardware
 
@@ -104,7 +107,10 @@ def _checks_pass(target) -> bool:
             for n in machine.notes:
                 console.info(n)
         except TuneError as e:
-            errors.append(e)
+            if not dry_run:
+                errors.append(e)
+            else:
+                report.warnings.append(f"{e} (A real run on this machine refuses; --dry-run prints the plan anyway.)")
     for w in report.warnings:
         console.warning(w)
     for e in errors:

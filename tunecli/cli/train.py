@@ -43,8 +43,10 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         break_lock: bool = typer.Option(False, "--break-lock", help=BREAK_LOCK_HELP),
         config_sha256: str | None = typer.Option(None, CONFIG_SHA256_FLAG, metavar="HEX", help=CONFIG_SHA256_HELP),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' warnings and progress bars too."),
     ) -> None:
         """Check a recipe and train it with GRPO in this process (one rank; `tune run` starts several)."""
+        console.quiet_libraries(verbose)
         overrides = overrides or []
         try:
             recipe = _checked_recipe(config, overrides, config_sha256)

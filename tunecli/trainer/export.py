@@ -16,6 +16,7 @@ from tunecli.trainer import checkpoint, manifest
 from tunecli.trainer.policy import load_policy
 
 EXPORT_KINDS = ("adapter", "merged", "both")
+EXPORT_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def find_checkpoint(run_dir: Path, step: int | None) -> Path:
@@ -58,10 +59,14 @@ def load_trained(ckpt: Path, recipe: Recipe) -> Any:
     return policy
 
 
-def export_run(run_dir: Path, out: Path | None = None, step: int | None = None, what: str = "both") -> dict[str, Path]:
-    """Write ``adapter/`` (peft, LoRA runs) and/or ``merged/`` (plain HF model) under ``out``."""
+def export_run(run_dir: Path, out: Path | None = None, step: int | None = None, what: str = "both",
+               dtype: str | None = None) -> dict[str, Path]:
+    """Write ``adapter/`` (peft, LoRA runs) and/or ``merged/`` (plain HF model, in ``dtype``; default the
+    training dtype) under ``out``."""
     if what not in EXPORT_KINDS:
         raise TuneError(f"--what = {what!r}: not an export kind. Fix: use adapter, merged or both.", field="--what")
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise TuneError(f"--dtype = {dtype!r}: not an export dtype. Fix: use {', '.join(EXPORT_DTYPES)}.", field="--dtype")
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, step)
     recipe = verified_recipe(ckpt)
@@ -78,7 +83,38 @@ def export_run(run_dir: Path, out: Path | None = None, step: int | None = None, 
     if what in ("merged", "both"):
         model = policy.model.merge_and_unload() if is_lora else policy.model
         model.config.use_cache = True  # the trainer turned it off for training passes
+        if dtype is not None:  # merged in the training dtype first, then cast once
+            model = model.to(getattr(torch, dtype))
         model.save_pretrained(out / "merged", safe_serialization=True)
         policy.tokenizer.save_pretrained(out / "merged")
         written["merged"] = out / "merged"
     return written
+
+
+def check_can_push(repo: str) -> None:
+    """Refuse a push the hub cannot take from here (offline), before anything slow or half-done."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise TuneError(f"--push-to-hub {repo}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1), so nothing "
+                        "was pushed. Fix: push where the hub is reachable (unset HF_HUB_OFFLINE), or export without "
+                        "--push-to-hub.", field="--push-to-hub")
+
+
+def push_to_hub(folder: Path, repo: str, *, private: bool = False) -> str:
+    """Upload ``folder`` to the hub repo ``repo`` as ONE commit (all files or none); returns its URL.
+    Offline or refused: a TuneError, and nothing on the hub changed."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    check_can_push(repo)
+    api = HfApi()
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="tune export")
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TuneError(f"--push-to-hub {repo}: the upload failed ({first}); an upload is one commit, so nothing was "
+                        f"half-pushed; the export is in {folder}. Fix: check the network and `hf auth login`, then "
+                        f"push again.", field="--push-to-hub") from None
+    return str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}")

@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 
 import torch
-from rich import print as rprint
 
+from tunecli import console
 from tunecli.algorithms import get_algorithm
 from tunecli.algorithms.advantages import compute_advantages, nonzero_variance_groups
 from tunecli.algorithms.core import normalizer_count
@@ -30,6 +30,7 @@ from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.trainer import checkpoint, distributed, guards, rundir
 from tunecli.trainer.batching import micro_batches, minibatch_indices, pad_rows, response_mask
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
+from tunecli.trainer.evaluation import greedy_sampling, render_settings, score_held_out
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
 from tunecli.trainer.passes import PassSettings, choose_pass
 from tunecli.trainer.policy import load_policy
@@ -106,8 +107,7 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg, data = self.recipe, self.recipe.data
         train, val = self.splits
-        render = dict(tokenizer=self.tokenizer, system_prompt=data.system_prompt,
-                      max_prompt_length=data.max_prompt_length, filter_overlong=data.filter_overlong_prompts)
+        render = render_settings(cfg, self.tokenizer)  # `tune eval` renders held-out prompts the same way
         self.train_samples = render_prompts(train, split="train", **render)
         self.val_samples = render_prompts(val, split="held-out", **render)
         self.sampler = PromptSampler(self.train_samples, data.train_batch_size, cfg.trainer.seed, data.shuffle)
@@ -371,9 +371,10 @@ class Trainer:
         """Greedy accuracy on the held-out prompts (a sample counts when its reward is >= 1)."""
         t0 = now()
         prompts = self.val_samples[self.dist.rank :: self.dist.world_size]
-        sampling = SamplingSettings(n=1, temperature=0.0, max_new_tokens=self.recipe.data.max_response_length)
-        rollout = self._generate(prompts, sampling) if prompts else None
-        counts = accuracy_counts(self._score(prompts, rollout) if prompts else torch.zeros(0))  # [4]
+        # The one scoring path `tune eval` shares: its numbers for a checkpoint are these.
+        rewards = score_held_out(self.engine, self.tokenizer, prompts, greedy_sampling(self.recipe.data.max_response_length),
+                                 self.reward_fn, self.recipe.reward.truncated_score, self.stop) if prompts else torch.zeros(0)
+        counts = accuracy_counts(rewards)  # [4]
         correct, total, reward_sum, abandoned = distributed.all_reduce_sum_tensor(counts).tolist()  # one collective
         if abandoned:  # a stop request abandoned a reward call: no accuracy from part of the prompts
             return {}
@@ -394,7 +395,7 @@ class Trainer:
             if logger is not None:
                 logger.print(text)
             else:
-                rprint(text)
+                console.out.print(text)
 
     # =========================================================================================
     # cleanup

@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 
+from tunecli import console
+
 GIB = 1024**3
 
 
@@ -122,6 +124,7 @@ class MetricsLogger:
             TimeRemainingColumn(),
             TextColumn("{task.description}"),
             transient=False,
+            console=console.out,  # the product's console: lines never fold when sent to a file
         )
         self.task = self.progress.add_task("", total=total_steps, completed=start_step)
 
@@ -202,7 +205,7 @@ class MetricsLogger:
         extra = {"peak memory (RSS, all processes)": f"{peak_gib:.2f} GiB", "run directory": str(run_dir)}
         if plot:
             extra["reward curve"] = str(plot)
-        table = Table(title=f"GRPO run summary: {name}", header_style="bold")
+        table = Table(title=f"GRPO run summary: {name}", show_header=False)
         table.add_column("")
         table.add_column("")
         rows = self.summary_rows(extra)

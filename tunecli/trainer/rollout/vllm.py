@@ -110,10 +110,25 @@ def _load_weights_into_worker(worker, items: Iterator[tuple[str, torch.Tensor]])
         runner.model.load_weights(items)
 
 
-class VLLMEngine:
-    """Colocated vLLM: ``generate`` samples, ``update_weights`` makes the next sample use the streamed weights."""
+def _narrows_stored_weights(settings: EngineSettings) -> bool:
+    """True when the engine's dtype is narrower than the model files' (the embedded model is stored in
+    float32, the engine runs bfloat16): vLLM would then log one warning per narrowed tensor."""
+    from transformers import AutoConfig
 
-    def __init__(self, settings: EngineSettings):
+    cfg = AutoConfig.from_pretrained(settings.model_path, trust_remote_code=settings.trust_remote_code)
+    stored = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    return str(stored).removeprefix("torch.") == "float32" and settings.rollout.dtype != "float32"
+
+
+class VLLMEngine:
+    """Colocated vLLM: ``generate`` samples, ``update_weights`` makes the next sample use the streamed weights.
+
+    ``weights_from_caller``: the caller pushes the policy's weights before the first ``generate``
+    (``weights_pending``); the engine then skips reading files it would have to narrow, and the push
+    casts each tensor to the engine's dtype itself.
+    """
+
+    def __init__(self, settings: EngineSettings, *, weights_from_caller: bool = False):
         cfg = settings.rollout
         self.cuda = torch.cuda.is_available() and settings.device != "cpu"
         self.lora_adapter = settings.lora_rank is not None and cfg.lora_sync == "adapter"
@@ -141,6 +156,10 @@ class VLLMEngine:
         )
         if cfg.max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+        # (An adapter engine serves its LoRA on the base weights it loads: those must be real.)
+        if weights_from_caller and not self.lora_adapter and _narrows_stored_weights(settings):
+            kwargs["load_format"] = "dummy"
+            self._weights_discarded = True  # nothing real loaded: the caller's push comes first
         if self.lora_adapter:
             rank = settings.lora_rank
             kwargs.update(
@@ -221,6 +240,11 @@ class VLLMEngine:
         return Rollout(prompt_ids=prompt_ids, response_ids=response_ids, finished=finished, group_size=sampling.n, logprobs=logprobs)
 
     # -- weight sync ------------------------------------------------------------------------
+
+    @property
+    def weights_pending(self) -> bool:
+        """True until the first ``update_weights`` of an engine started without its files' weights."""
+        return self._weights_discarded
 
     @property
     def weight_format(self) -> WeightFormat:
