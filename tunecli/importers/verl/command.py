@@ -1,7 +1,8 @@
 """Find the ``python3 -m verl.trainer.main_ppo`` command in a script and evaluate its overrides.
 
 Statements run in script order, so each override sees the variables assigned before it: plain and
-``export``-ed assignments, and ``: "${VAR:=default}"`` lines that only set defaults.
+``export``-ed assignments, arrays, ``: "${VAR:=default}"`` lines that only set defaults, and ``if``
+blocks that choose a value (both branches are reported).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import re
 from dataclasses import dataclass
 
 from tunecli.errors import TuneError
-from tunecli.importers.verl.shell import Evaluator, Seg, ShellError, Word, parse_statements
+from tunecli.importers.verl.bash import ArrayAssign, Branch, Simple, Statement, read_structure
+from tunecli.importers.verl.expand import Deferred, Evaluator, Variable
+from tunecli.importers.verl.shell import Seg, ShellError, Unknown, Word
 
 ENTRY_POINTS = ("verl.trainer.main_ppo", "verl.trainer.main_grpo")
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
@@ -52,12 +55,29 @@ def _is_entry_point(word_text: str) -> bool:
     return word_text in ENTRY_POINTS or word_text.endswith("main_ppo")
 
 
+def _pass_through(w: Word) -> bool:
+    """``"$@"``, ``$*``, ``${@:2}``: the caller's own arguments, handed on to main_ppo."""
+    return len(w.segs) == 1 and (w.segs[0].kind == "special" and w.segs[0].text in ("$@", "$*")
+                                 or w.segs[0].kind == "var" and w.segs[0].text[:1] in "@*")
+
+
+def _override(ev: Evaluator, text: str, line: int, raw: str | None) -> Override:
+    key, _, value = text.partition("=")
+    return Override(key.lstrip("+~"), value, line, raw)
+
+
 def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
-    """The key=value words after the entry point, expanded."""
+    """The key=value words after the entry point, expanded (array elements one by one)."""
     overrides = []
     for w in args:
-        if w.segs and w.segs[0].kind == "special":
-            continue  # "$@": the caller's extra overrides
+        if _pass_through(w):
+            ev.notes.append(f"line {ev.line(w.pos)}: the script hands its own arguments to main_ppo; an import "
+                            "has none (add yours with --set).")
+            continue
+        items = ev.array_items(w)
+        if items is not None:
+            overrides += [_override(ev, item, ev.line(w.pos), None) for item in items if "=" in item]
+            continue
         head = _leading_text(w)
         if "=" not in head:
             value = ev.word(w)
@@ -71,38 +91,105 @@ def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
     return overrides
 
 
-def _statements(text: str, ev: Evaluator) -> list[list[Word]]:
+def _structure(text: str, ev: Evaluator) -> list[Statement]:
     try:
-        return parse_statements(text)
+        return read_structure(text)
     except ShellError as e:
         raise TuneError(f"line {ev.line(e.pos)}: {e}. Fix the script's quoting.", field="--from-verl") from None
 
 
-def read_overrides(text: str) -> tuple[list[Override], Evaluator]:
-    """The main_ppo command's key=value overrides, with variables expanded in script order."""
-    ev = Evaluator(text)
-    overrides: list[Override] = []
-    found = False
-    for words in _statements(text, ev):
+_TESTS = {"=": True, "==": True, "!=": False}
+
+
+def _decide(ev: Evaluator, condition: list[Word]) -> bool | None:
+    """``[ A = B ]``, ``[[ A != B ]]``, ``test A == B`` over known values; None when it needs running."""
+    texts = [w.literal for w in condition]
+    if texts[:1] == ["test"]:
+        condition = condition[1:]
+    elif texts[:1] in (["["], ["[["]) and texts[-1] in ("]", "]]"):
+        condition = condition[1:-1]
+    else:
+        return None
+    if len(condition) != 3 or condition[1].literal not in _TESTS:
+        return None
+    left, right = ev.word(condition[0]), ev.word(condition[2])
+    if isinstance(left, (Unknown, Deferred)) or isinstance(right, (Unknown, Deferred)):
+        return None
+    return (left == right) == _TESTS[condition[1].literal]
+
+
+class _Reader:
+    """Walks the statements in order, keeping variables and the main_ppo command's overrides."""
+
+    def __init__(self, ev: Evaluator):
+        self.ev = ev
+        self.overrides: list[Override] = []
+        self.found = False
+
+    def run(self, statements: list[Statement]) -> None:
+        for st in statements:
+            if isinstance(st, ArrayAssign):
+                self.ev.assign_array(st.name, st.items, st.pos)
+            elif isinstance(st, Branch):
+                self.branch(st)
+            elif isinstance(st, Simple):
+                self.simple(st.words)
+
+    def simple(self, words: list[Word]) -> None:
+        ev = self.ev
         assignments, command = _split_assignments(words)
         if not command or words[0].literal == "export":
             for name, value_word in assignments:  # persistent assignments
-                ev.assign(name, ev.word(value_word), value_word.pos)
-            continue
+                ev.assign_word(name, value_word, value_word.pos)
+            return
         texts = [w.literal or "" for w in command]
         if texts[0] == ":":  # `: "${VAR:=default}"` only exists to set defaults
             for w in command[1:]:
                 ev.word(w)
-            continue
+            return
         if not any(_is_entry_point(t) for t in texts):
-            continue
-        found = True
+            return
+        self.found = True
         start = next(i for i, t in enumerate(texts) if _is_entry_point(t)) + 1
-        overrides += _command_overrides(ev, command[start:])
-    if not found:
+        self.overrides += _command_overrides(ev, command[start:])
+
+    def branch(self, st: Branch) -> None:
+        """Both branches are read; the one the condition picks (``then`` if it needs running) is kept."""
+        ev = self.ev
+        before = dict(ev.vars)
+        chosen = _decide(ev, st.condition)
+        self.run(st.then)
+        after_then = dict(ev.vars)
+        ev.vars = dict(before)
+        self.run(st.otherwise)
+        after_else = ev.vars
+        ev.vars = after_else if chosen is False else after_then
+        changed = sorted(n for n in set(after_then) | set(after_else) if after_then.get(n) != after_else.get(n))
+        if not changed:
+            return
+        shown = "; ".join(f"{n}: {_shown(after_then.get(n))} (then) or {_shown(after_else.get(n))} (else)"
+                          for n in changed)
+        why = ("the condition holds" if chosen else "the condition does not hold") if chosen is not None else \
+            "the condition needs the script to run, so the `then` branch is used (choose with --env)"
+        ev.notes.append(f"line {ev.line(st.pos)}: an `if` block chooses {shown}; {why}.")
+
+
+def _shown(var: Variable | None) -> str:
+    return "unset" if var is None else repr(str(var.value))
+
+
+def read_overrides(text: str, env: dict[str, str] | None = None) -> tuple[list[Override], Evaluator]:
+    """The main_ppo command's key=value overrides, with variables expanded in script order."""
+    ev = Evaluator(text, env)
+    reader = _Reader(ev)
+    reader.run(_structure(text, ev))
+    if not reader.found:
         raise TuneError(
             "The script has no `python3 -m verl.trainer.main_ppo ...` command, so there is nothing to import. "
             "Pass a verl launch script (e.g. one of verl's examples/tuning/*.sh).",
             field="--from-verl",
         )
-    return overrides, ev
+    for name, default in ev.defaults_used.items():
+        ev.notes.append(f"the script's argument ${name} is not given: its default {default!r} is used "
+                        f"(give another with --env {name}=VALUE).")
+    return reader.overrides, ev

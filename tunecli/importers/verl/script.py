@@ -24,6 +24,7 @@ from tunecli.importers.verl.keys import (
     takes_number,
 )
 from tunecli.importers.verl.shell import Unknown
+from tunecli.importers.verl.expand import Deferred, Variable
 
 # Mapped keys passed as choices rather than --set, so that build_recipe applies what comes with
 # them (the catalogue's model, the algorithm's settings, the engine check, batch sizes per process).
@@ -77,23 +78,39 @@ def _last_of_each(overrides: list[Override]) -> dict[str, Override]:
     return seen
 
 
-def _missing_dollar(o: Override, shell_vars: dict[str, Any]) -> str | None:
-    """`key=name` where `name` is a shell variable and the key takes a number: a forgotten `$`."""
-    if o.raw is not None and o.raw in shell_vars and takes_number(o.key):
-        return (f"line {o.line}: {o.key}={o.raw} uses the shell variable '{o.raw}' without its '$' "
-                f"(write {o.key}=${{{o.raw}}}).")
-    return None
+def _missing_dollar(o: Override, shell_vars: dict[str, Variable]) -> list[str]:
+    """`key=name` where `name` is a variable the script defines: a forgotten `$` (and that variable's problems)."""
+    var = shell_vars.get(o.raw) if o.raw is not None else None
+    if var is None or not var.line:
+        return []
+    return [f"line {o.line}: {o.key}={o.raw} uses the shell variable '{o.raw}' without its '$' "
+            f"(write {o.key}=${{{o.raw}}}).", *var.errors]
 
 
-def _map_each(seen: dict[str, Override], shell_vars: dict[str, Any], draft: _Draft, cat: Catalog) -> None:
+def _deferred_ok(o: Override, draft: _Draft) -> bool:
+    """A value with ${ENV} references is kept as a reference, unless a check needs it now (a number)."""
+    names = ", ".join(f"${n}" for n in sorted(o.value.names))
+    gives = " ".join(f"--env {n}=VALUE" for n in sorted(o.value.names))
+    if takes_number(o.key) or o.key in (_DYNAMIC, _MAX_TOKENS):
+        draft.errors.append(f"line {o.line}: {o.key}={o.value} needs the value of {names} now (the import's checks "
+                            f"use it); give it with {gives}.")
+        return False
+    draft.notes.append(f"line {o.line}: {o.key} keeps {names} as a reference: the launch script reads it from "
+                       f"the environment when the job runs (or give it now with {gives}).")
+    return True
+
+
+def _map_each(seen: dict[str, Override], shell_vars: dict[str, Variable], draft: _Draft, cat: Catalog) -> None:
     """Map every override on its own; keep those that need the others (COMBINED) for later."""
     for key, o in seen.items():
         if isinstance(o.value, Unknown):
             draft.skip(o, "the value comes from a command the script runs; tune never runs it")
             continue
-        problem = _missing_dollar(o, shell_vars)
-        if problem:
-            draft.errors.append(problem)
+        if isinstance(o.value, Deferred) and not _deferred_ok(o, draft):
+            continue
+        problems = _missing_dollar(o, shell_vars)
+        if problems:
+            draft.errors += problems
             continue
         if key in COMBINED:
             draft.later[key] = o
@@ -212,8 +229,8 @@ def _dataset_and_reward(draft: _Draft) -> None:
 
 def _hardware_from_name(path: Path, draft: _Draft, cat: Catalog) -> None:
     """The GPU type is not part of a verl script; its file name usually says (naming rule)."""
-    tokens = re.split(r"[_.]", path.stem.lower())
-    hardware = [t for t in tokens if t in cat.names("hardware")]
+    stem = path.stem.lower()
+    hardware = [h for h in cat.names("hardware") if re.search(rf"(?<![a-z0-9]){re.escape(h)}(?![a-z0-9])", stem)]
     if hardware:
         draft.choices.gpu_type = hardware[0]
     else:
@@ -230,13 +247,16 @@ def _refuse_problems(path: Path, errors: list[str]) -> None:
         )
 
 
-def import_verl_script(path: str | Path) -> VerlImport:
-    """The choices a verl launch script amounts to, what could not be mapped, and notes."""
+def import_verl_script(path: str | Path, env: dict[str, str] | None = None) -> VerlImport:
+    """The choices a verl launch script amounts to, what could not be mapped, and notes.
+
+    ``env``: values for variables the environment or the script's arguments supply (``--env``).
+    """
     path = Path(path)
-    overrides, ev = read_overrides(_read_script(path))
+    overrides, ev = read_overrides(_read_script(path), env)
     cat = load_catalog()
     seen = _last_of_each(overrides)
-    draft = _Draft(errors=list(ev.errors))
+    draft = _Draft(errors=list(ev.errors), notes=list(ev.notes))
     _map_each(seen, ev.vars, draft, cat)
     world = _processes(draft)
     _micro_batch_from_global(draft, world, given=set(seen))
