@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunecli.errors import TuneError, did_you_mean
+from tunecli.config.envrefs import resolve_env_refs
 from tunecli.config.keys import field_info, section_model
 from tunecli.config.schema import Recipe, allowed_range
 
@@ -138,7 +139,8 @@ class RecipeFile:
         return data or {}
 
     def recipe(self, overrides: list[str] | None = None) -> Recipe:
-        return recipe_from_dict(self.mapping(), overrides, source=str(self.path))
+        """The recipe as it runs here: overrides applied, ``${NAME}`` values filled from the environment."""
+        return recipe_from_dict(resolve_env_refs(self.mapping()), overrides, source=str(self.path))
 
     def empty_warning(self) -> str | None:
         """The warning for a file that sets nothing (empty, or comments only): every field is a default."""

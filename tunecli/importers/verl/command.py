@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tunecli.errors import TuneError
 from tunecli.importers.verl.bash import ArrayAssign, Branch, Simple, Statement, read_structure
-from tunecli.importers.verl.expand import Deferred, Evaluator, Variable
+from tunecli.importers.verl.expand import Deferred, Evaluator, Variable, deferred
 from tunecli.importers.verl.shell import Seg, ShellError, Unknown, Word
 
 ENTRY_POINTS = ("verl.trainer.main_ppo", "verl.trainer.main_grpo")
@@ -61,9 +61,14 @@ def _pass_through(w: Word) -> bool:
                                  or w.segs[0].kind == "var" and w.segs[0].text[:1] in "@*")
 
 
-def _override(ev: Evaluator, text: str, line: int, raw: str | None) -> Override:
+def _override(text: str, line: int) -> Override:
+    """An array element ``key=value``, its value keeping what is known about it (Unknown, Deferred)."""
     key, _, value = text.partition("=")
-    return Override(key.lstrip("+~"), value, line, raw)
+    if isinstance(text, Unknown):
+        value = Unknown(value)
+    elif isinstance(text, Deferred):
+        value = deferred(value, {n for n in text.names if f"${{{n}}}" in value})
+    return Override(key.lstrip("+~"), value, line, None)
 
 
 def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
@@ -76,7 +81,7 @@ def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
             continue
         items = ev.array_items(w)
         if items is not None:
-            overrides += [_override(ev, item, ev.line(w.pos), None) for item in items if "=" in item]
+            overrides += [_override(item, ev.line(w.pos)) for item in items if "=" in item]
             continue
         head = _leading_text(w)
         if "=" not in head:
@@ -110,6 +115,9 @@ def _decide(ev: Evaluator, condition: list[Word]) -> bool | None:
         condition = condition[1:-1]
     else:
         return None
+    if len(condition) == 2 and condition[0].literal in ("-n", "-z"):
+        value = ev.word(condition[1])
+        return None if isinstance(value, (Unknown, Deferred)) else (value != "") == (condition[0].literal == "-n")
     if len(condition) != 3 or condition[1].literal not in _TESTS:
         return None
     left, right = ev.word(condition[0]), ev.word(condition[2])

@@ -218,6 +218,8 @@ class Evaluator:
                 unknown = unknown or isinstance(value, Unknown)
                 names |= value.names if isinstance(value, Deferred) else set()
                 out.append(value)
+            elif s.kind == "special" and s.text[1:].isdigit():  # $1: the script's argument
+                out.append(self.param(s.text[1:], pos))
             elif s.kind == "arith":
                 out.append(self.arith(s.text, pos))
             elif s.kind == "cmd" and s.text.replace(" ", "") in ("$(pwd)", "`pwd`"):

@@ -247,6 +247,18 @@ def _refuse_problems(path: Path, errors: list[str]) -> None:
         )
 
 
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` (repeatable) as a dict; NAME is a variable name or an argument number."""
+    env = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|[1-9][0-9]*", name):
+            raise TuneError(f"--env {item!r} is not NAME=VALUE with NAME a shell variable name or an argument number. "
+                            "Write it as --env CKPT_DIR=/data/ckpt or --env 1=sglang.", field="--env")
+        env[name] = value
+    return env
+
+
 def import_verl_script(path: str | Path, env: dict[str, str] | None = None) -> VerlImport:
     """The choices a verl launch script amounts to, what could not be mapped, and notes.
 

@@ -60,6 +60,10 @@ def matching_bracket(text: str, i: int, open_: str, close: str) -> int:
             j = text.find("'", i + 1)
             i = (j if j >= 0 else len(text)) + 1
             continue
+        if c == "#" and open_ == "(" and (i == 0 or text[i - 1] in " \t\n"):  # a comment: to the end of line
+            j = text.find("\n", i)
+            i = j if j >= 0 else len(text)
+            continue
         if c == open_:
             depth += 1
         elif c == close:
