@@ -13,7 +13,7 @@ from tunecli.errors import TuneError
 from tunecli.authoring.defaults import build_recipe
 from tunecli.config.io import dump_recipe, load_recipe
 from tunecli.importers.verl.command import read_overrides
-from tunecli.importers.verl.keys import Mapped, Unmapped, map_verl_override
+from tunecli.config.verl_keys import Mapped, Unmapped, map_verl_override
 from tunecli.importers.verl.script import import_verl_script
 from tunecli.importers.verl.expand import Evaluator
 from tunecli.importers.verl.shell import parse_statements
@@ -116,7 +116,7 @@ def test_unmapped_keys_say_why():
 
 
 def test_an_algorithm_with_a_critic_is_refused():
-    with pytest.raises(TuneError, match="algorithm.adv_estimator=gae needs a critic"):
+    with pytest.raises(TuneError, match="algorithm.adv_estimator=gae cannot be imported: PPO's GAE needs a critic"):
         map_verl_override("algorithm.adv_estimator", "gae")
 
 
@@ -183,7 +183,7 @@ def test_deprecated_keys_hydra_prefixes_and_unsupported_engines(tmp_path):
     assert sets["actor.clip_ratio_high"] == "0.28" and sets["algorithm.filter_groups"] == "True"
     assert sets["trainer.project_name"] == "my-dapo" and sets["data.prompt_key"] == "problem"
     unmapped = {u.key: u.reason for u in result.unmapped}
-    assert "not bundled" in unmapped["actor_rollout_ref.rollout.name"]
+    assert any("rollout.name=sglang: SGLang is not bundled; vLLM serves the rollouts" in n for n in result.notes)
     assert "engine options" in unmapped["actor_rollout_ref.rollout.engine_kwargs.sglang.attention_backend"]
     assert "no critic" in unmapped["critic.optim.lr"]
     assert "kept /data/my math/test.parquet" in unmapped["data.val_files"]

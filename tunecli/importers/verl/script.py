@@ -19,8 +19,9 @@ from tunecli.authoring.render import yaml_value
 from tunecli.catalog import Catalog, load_catalog
 from tunecli.errors import TuneError
 from tunecli.importers.verl.command import Override, read_overrides
-from tunecli.importers.verl.keys import (
-    AR, COMBINED, VERL_DEFAULTS, VERL_MAX_TOKENS_PER_GPU, Mapped, Unmapped, as_bool, map_verl_override,
+from tunecli.config.verl_keys import (
+    AR, COMBINED, VERL_DEFAULTS, VERL_MAX_TOKENS_PER_GPU, Mapped, Unmapped, as_bool, combine_algorithms,
+    map_verl_override,
     takes_number,
 )
 from tunecli.importers.verl.shell import Unknown
@@ -28,7 +29,9 @@ from tunecli.importers.verl.expand import Deferred, Variable
 
 # Mapped keys passed as choices rather than --set, so that build_recipe applies what comes with
 # them (the catalogue's model, the algorithm's settings, the engine check, batch sizes per process).
-_AS_CHOICES = {"model.path": "model", "algorithm.name": "algorithm", "rollout.name": "engine"}
+_AS_CHOICES = {"model.path": "model", "rollout.name": "engine"}
+# A vision-language model's name: Qwen2.5-VL, GLM-4.1V, MiniCPM-o/V, LLaVA, Kimi-VL ...
+_VISION_MODEL = re.compile(r"(?i)(?:^|[-_/.])(?:vl|vision|llava|minicpm-?[ov])(?:$|[-_/.\d])|\d(?:\.\d+)?v(?:$|[-_/])")
 _PROCESS_COUNTS = ("launch.n_gpus_per_node", "launch.nnodes")
 _PER_GPU_MICRO = AR + "actor.ppo_micro_batch_size_per_gpu"
 _GLOBAL_MICRO = AR + "actor.ppo_micro_batch_size"
@@ -132,6 +135,11 @@ def _apply(mapped: Mapped, o: Override, draft: _Draft, cat: Catalog) -> None:
     for target, value in mapped.sets.items():
         if target in _PROCESS_COUNTS:
             draft.process_counts[target] = o  # a number: read with the other count
+        elif target == "algorithm.name":
+            try:
+                draft.choices.algorithm = combine_algorithms(draft.choices.algorithm, value)
+            except TuneError as e:
+                draft.errors.append(f"line {o.line}: {e}")
         elif target in _AS_CHOICES:
             if target == "model.path":
                 value = _catalogue_model(value, o.line, draft.notes, cat)
@@ -238,6 +246,19 @@ def _hardware_from_name(path: Path, draft: _Draft, cat: Catalog) -> None:
         draft.notes.append("The GPU type is not in the script or its name: assuming h100 (use --gpu-type).")
 
 
+def _refuse_unsupported(path: Path, seen: dict[str, Override]) -> None:
+    """Vision-language models and Ascend NPUs: one sentence each, before anything else is reported."""
+    model = seen.get(AR + "model.path")
+    if AR + "model.path" in seen and _VISION_MODEL.search(model.value) or "data.image_key" in seen:
+        what = f"the vision-language model {model.value}" if model else "images (data.image_key)"
+        raise TuneError(f"{path.name} trains {what}: tunecli's trainer is text-only, so it cannot be imported.",
+                        field="--from-verl")
+    device = seen.get("trainer.device")
+    if device is not None and device.value == "npu" or re.search(r"(?<![a-z0-9])npu(?![a-z0-9])", path.stem.lower()):
+        raise TuneError(f"{path.name} runs on Ascend NPUs: tunecli has no NPU support (NVIDIA GPUs and CPUs only), "
+                        "so it cannot be imported.", field="--from-verl")
+
+
 def _refuse_problems(path: Path, errors: list[str]) -> None:
     if errors:
         raise TuneError(
@@ -268,6 +289,7 @@ def import_verl_script(path: str | Path, env: dict[str, str] | None = None) -> V
     overrides, ev = read_overrides(_read_script(path), env)
     cat = load_catalog()
     seen = _last_of_each(overrides)
+    _refuse_unsupported(path, seen)
     draft = _Draft(errors=list(ev.errors), notes=list(ev.notes))
     _map_each(seen, ev.vars, draft, cat)
     world = _processes(draft)
