@@ -212,6 +212,13 @@ def unmapped_reason(key: str) -> str:
     return "no tunecli equivalent"
 
 
+def is_verl_key(key: str) -> bool:
+    """Whether the table knows ``key`` (its own entry or a prefix), as opposed to a typo."""
+    if key in DIRECT or key in VALUE_RULES or key in COMBINED or key in UNMAPPED_REASONS:
+        return True
+    return any(p.endswith((".", "_")) and key.startswith(p) for p in UNMAPPED_REASONS)
+
+
 def takes_number(key: str) -> bool:
     """Whether the key's value is a number or a boolean (so a bare word in it is a mistake)."""
     if key in _NUMBER_KEYS:
