@@ -61,14 +61,34 @@ def _pass_through(w: Word) -> bool:
                                  or w.segs[0].kind == "var" and w.segs[0].text[:1] in "@*")
 
 
-def _override(text: str, line: int) -> Override:
-    """An array element ``key=value``, its value keeping what is known about it (Unknown, Deferred)."""
+def _hydra_unquoted(value: str) -> str:
+    """Hydra reads ``'text'`` and ``"text"`` as the text inside the quotes."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _like(whole: str, text: str) -> str:
+    """``text`` (a part of ``whole``) keeping what is known of ``whole``: command output, ${ENV} references."""
+    if isinstance(whole, Unknown):
+        return Unknown(text)
+    if isinstance(whole, Deferred):
+        return deferred(text, {n for n in whole.names if f"${{{n}}}" in text})
+    return text
+
+
+def _override(text: str, line: int, whole: str) -> Override:
+    """One ``key=value`` out of an array or a split variable."""
     key, _, value = text.partition("=")
-    if isinstance(text, Unknown):
-        value = Unknown(value)
-    elif isinstance(text, Deferred):
-        value = deferred(value, {n for n in text.names if f"${{{n}}}" in value})
-    return Override(key.lstrip("+~"), value, line, None)
+    return Override(key.lstrip("+~"), _like(whole, _hydra_unquoted(value)), line, None)
+
+
+def _split_variable(ev: Evaluator, w: Word) -> tuple[list[str], str] | None:
+    """An unquoted ``$VAR`` holding overrides (``DATA="a=1 b=2"`` ... ``$DATA``): split as the shell does."""
+    if len(w.segs) != 1 or w.segs[0].kind != "var" or ev.text[w.pos:w.pos + 1] != "$":
+        return None
+    whole = ev.word(w)
+    return whole.split(), whole
 
 
 def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
@@ -81,7 +101,12 @@ def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
             continue
         items = ev.array_items(w)
         if items is not None:
-            overrides += [_override(item, ev.line(w.pos)) for item in items if "=" in item]
+            overrides += [_override(item, ev.line(w.pos), item) for item in items if "=" in item]
+            continue
+        split = _split_variable(ev, w)
+        if split is not None:
+            parts, whole = split
+            overrides += [_override(p, ev.line(w.pos), whole) for p in parts if "=" in p]
             continue
         head = _leading_text(w)
         if "=" not in head:
@@ -92,6 +117,7 @@ def _command_overrides(ev: Evaluator, args: list[Word]) -> list[Override]:
         key, _, rest = head.partition("=")
         value = ev.word(_after(w, len(key) + 1))
         literal = all(seg.kind == "lit" for seg in w.segs)
+        value = _like(value, _hydra_unquoted(value))
         overrides.append(Override(key.lstrip("+~"), value, ev.line(w.pos), rest if literal else None))
     return overrides
 
@@ -173,6 +199,7 @@ class _Reader:
         after_else = ev.vars
         ev.vars = after_else if chosen is False else after_then
         changed = sorted(n for n in set(after_then) | set(after_else) if after_then.get(n) != after_else.get(n))
+        ev.branch_only |= {n for n in changed if n not in ev.vars}
         if not changed:
             return
         shown = "; ".join(f"{n}: {_shown(after_then.get(n))} (then) or {_shown(after_else.get(n))} (else)"

@@ -87,6 +87,7 @@ class Evaluator:
         self.env_used: dict[str, str] = {}
         self.defaults_used: dict[str, str] = {}  # positional parameter -> the default the script gave
         self.notes: list[str] = []
+        self.branch_only: set[str] = set()  # set only in an `if` branch that is not taken
         self._sink: list[str] | None = None
         self._told: set[str] = set()
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
@@ -135,6 +136,10 @@ class Evaluator:
             value = os.environ.get(name, "")
             self.env_used[name] = value
             return value
+        if name in self.branch_only:
+            self.notes.append(f"line {self.line(pos)}: ${name} is only set in an `if` branch that is not taken: "
+                              "empty here, as in bash.")
+            return ""
         hint = did_you_mean(name, [n for n in self.vars if not n.isdigit()])
         if name.isdigit():
             self.error(pos, f"${name} is the script's argument {name}, which an import does not have. Give it with "
