@@ -9,6 +9,7 @@ environment supplies stay ``${NAME}`` references (``Deferred``) resolved where t
 from __future__ import annotations
 
 import ast
+import difflib
 import operator
 import os
 import re
@@ -20,6 +21,8 @@ from tunecli.importers.verl.shell import ShellError, Unknown, Word, parse_statem
 
 # Environment variables a script may read without defining them; their values come from here.
 KNOWN_ENV = ("HOME", "USER", "PATH", "HOSTNAME", "TMPDIR")
+# An undefined capitalised name this close to a defined one is a typo (MODLE_PATH), not the environment's.
+TYPO_CUTOFF = 0.85
 
 
 
@@ -145,7 +148,7 @@ class Evaluator:
             self.error(pos, f"${name} is the script's argument {name}, which an import does not have. Give it with "
                             f"--env {name}=VALUE, or write ${{{name}:-default}} in the script.")
             return None
-        if _env_name(name) and not hint:
+        if _env_name(name) and not difflib.get_close_matches(name, list(self.vars), n=1, cutoff=TYPO_CUTOFF):
             return deferred(f"${{{name}}}", {name})
         self.error(pos, f"${name} is used but never defined{hint}. Define it before this line, or give it a "
                         f"default: ${{{name}:-value}}.")
