@@ -53,6 +53,8 @@ DIRECT = {
     AR + "model.lora_rank": "model.lora_rank",
     AR + "model.lora_alpha": "model.lora_alpha",
     AR + "model.target_modules": "model.target_modules",
+    AR + "model.lora.rank": "model.lora_rank",  # verl's newer spelling (megatron LoRA)
+    AR + "model.lora.alpha": "model.lora_alpha",
     AR + "model.enable_gradient_checkpointing": "model.enable_gradient_checkpointing",
     AR + "model.trust_remote_code": "model.trust_remote_code",
     AR + "actor.optim.lr": "actor.lr",

@@ -70,6 +70,9 @@ def _blank(text: str, start: int, end: int) -> str:
 
 def _mask(text: str) -> _Masked:
     masked = _Masked(text)
+    end = re.search(r"\\\n?[ \t\n]*\Z", text)
+    if end:  # a line continuation into the end of the file: bash reads nothing more; bashlex stops
+        masked.text = _blank(masked.text, end.start(), end.start() + 1)
     for m in _ARRAY_START.finditer(text):
         end = matching_bracket(text, m.end(), "(", ")")
         body_start = m.end()
