@@ -130,6 +130,8 @@ def _structure(text: str, ev: Evaluator) -> list[Statement]:
 
 
 _TESTS = {"=": True, "==": True, "!=": False}
+_NUMERIC_TESTS = {"-eq": int.__eq__, "-ne": int.__ne__, "-lt": int.__lt__, "-le": int.__le__, "-gt": int.__gt__,
+                  "-ge": int.__ge__}
 
 
 def _decide(ev: Evaluator, condition: list[Word]) -> bool | None:
@@ -144,12 +146,18 @@ def _decide(ev: Evaluator, condition: list[Word]) -> bool | None:
     if len(condition) == 2 and condition[0].literal in ("-n", "-z"):
         value = ev.word(condition[1])
         return None if isinstance(value, (Unknown, Deferred)) else (value != "") == (condition[0].literal == "-n")
-    if len(condition) != 3 or condition[1].literal not in _TESTS:
+    op = condition[1].literal if len(condition) == 3 else None
+    if op not in _TESTS and op not in _NUMERIC_TESTS:
         return None
     left, right = ev.word(condition[0]), ev.word(condition[2])
     if isinstance(left, (Unknown, Deferred)) or isinstance(right, (Unknown, Deferred)):
         return None
-    return (left == right) == _TESTS[condition[1].literal]
+    if op in _TESTS:
+        return (left == right) == _TESTS[op]
+    try:
+        return _NUMERIC_TESTS[op](int(left), int(right))
+    except ValueError:
+        return None
 
 
 class _Reader:
