@@ -2,9 +2,9 @@
 
 bashlex gives commands, ``if`` blocks, pipelines and lists with the source position of every word;
 each word's value is then read from the source text by ``shell`` (quotes, ``${...}`` expansions).
-Two things bash accepts that bashlex does not are set aside first, keeping every position: array
-assignments ``NAME=( ... )`` (their elements are read by ``shell``) and ``$(( ... ))`` arithmetic
-(blanked for bashlex, evaluated by ``shell`` from the source).
+What bashlex cannot read is set aside first, keeping every position: array assignments
+``NAME=( ... )`` (their elements are read by ``shell``), ``$(( ... ))`` arithmetic and ``$( ... )``
+command substitutions (blanked for bashlex; ``shell`` reads them from the source, and never runs one).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import bashlex.errors
 from tunecli.importers.verl.shell import ShellError, Word, parse_statements, matching_bracket
 
 _ARRAY_START = re.compile(r"(?m)^[ \t]*(?:(?:export|declare|local)(?:[ \t]+-a)?[ \t]+)?([A-Za-z_]\w*)=\(")
-_ARITH_START = re.compile(r"\$\(\(")
+_SUBST_START = re.compile(r"\$\(")  # $( command ) and $(( arithmetic ))
 
 
 @dataclass
@@ -83,11 +83,11 @@ def _mask(text: str) -> _Masked:
                 s.pos += body_start
         masked.arrays[m.start(1)] = ArrayAssign(m.group(1), items, m.start(1))
         masked.text = _blank(masked.text, m.end() - 1, end)
-    for m in _ARITH_START.finditer(text):
+    for m in _SUBST_START.finditer(text):
         if masked.text[m.start()] != "$":
-            continue  # inside an array already set aside
-        end = matching_bracket(text, m.end(), "(", ")")
-        masked.text = masked.text[:m.start()] + "_" * (end + 1 - m.start()) + masked.text[end + 1:]
+            continue  # inside an array or a substitution already set aside
+        end = matching_bracket(text, m.end(), "(", ")")  # past the ')' that closes '$(' (and '$((')
+        masked.text = masked.text[:m.start()] + "_" * (end - m.start()) + masked.text[end:]
     return masked
 
 
