@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import fnmatch
 import operator
 import os
 import re
@@ -71,6 +72,7 @@ def _env_name(name: str) -> bool:
 
 
 _PARAM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\[[@*]\])?(?:(:?[-=+?])(.*))?", re.S)
+_TRIM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(##|#|%%|%)(.*)", re.S)
 _PASS_THROUGH = re.compile(r"[@*](:[0-9]+(:[0-9]+)?)?")
 
 
@@ -158,6 +160,9 @@ class Evaluator:
         """${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:=default}, ${NAME:+alternative}, ${1:-x}, ${ARR[@]}."""
         if _PASS_THROUGH.fullmatch(body):
             return ""  # the caller's own arguments: nothing at import (see command.py)
+        trim = _TRIM.fullmatch(body)
+        if trim:
+            return self.trim(trim.group(1), trim.group(2), trim.group(3), pos)
         m = _PARAM.fullmatch(body)
         if not m:
             self.error(pos, f"${{{body}}} is a parameter expansion tune cannot read; use ${{NAME:-default}}.")
@@ -175,6 +180,18 @@ class Evaluator:
             self.defaults_used[name] = value
         if op.endswith("="):
             self.assign(name, value, pos)
+        return value
+
+    def trim(self, name: str, op: str, pattern: str, pos: int) -> str:
+        """${NAME#pat} ${NAME##pat} (shortest / longest prefix off), ${NAME%pat} ${NAME%%pat} (suffix)."""
+        value = self.lookup(name, pos) or ""
+        pattern = self.expand_text(pattern, pos)
+        cuts = range(len(value) + 1) if op in ("#", "%") else range(len(value), -1, -1)
+        for i in cuts:
+            if op.startswith("#") and fnmatch.fnmatchcase(value[:i], pattern):
+                return value[i:]
+            if op.startswith("%") and fnmatch.fnmatchcase(value[len(value) - i:], pattern):
+                return value[:len(value) - i]
         return value
 
     def expand_text(self, text: str, pos: int) -> str:
