@@ -125,3 +125,12 @@ def test_recipe_references_are_resolved_when_the_run_starts(tmp_path, monkeypatc
     recipe = load_recipe(yaml_path)
     assert recipe.data.train_files == "/cluster/data/gsm8k/train.parquet"
     assert recipe.trainer.default_local_dir.endswith("/ckpt/run1")
+
+
+def test_env_flag_on_the_command_line_fills_arguments_and_environment(tmp_path):
+    result = tune("new", "--from-verl", IDIOMS, "--env", "1=hf", "--env", "RAY_DATA_HOME=/cluster/data", "--yes",
+                  "--dry-run")
+    assert result.exit_code == 0, result.output
+    out = flat(result.output)
+    assert "train_files: /cluster/data/gsm8k/train.parquet" in out and "name: hf" in out
+    assert "its default 'vllm' is used" not in out  # the argument was given
