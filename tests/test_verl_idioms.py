@@ -134,3 +134,12 @@ def test_env_flag_on_the_command_line_fills_arguments_and_environment(tmp_path):
     out = flat(result.output)
     assert "train_files: /cluster/data/gsm8k/train.parquet" in out and "name: hf" in out
     assert "its default 'vllm' is used" not in out  # the argument was given
+
+
+def test_functions_are_read_where_called_and_loops_and_case_are_refused_clearly():
+    overrides, _ = read_overrides(f"run() {{\n  {MAIN} a.b=$N\n}}\nN=3\nrun\n")
+    assert [(o.key, o.value) for o in overrides] == [("a.b", "3")]
+    with pytest.raises(TuneError, match="line 1: the main_ppo command is inside a `for` loop"):
+        read_overrides(f"for n in 1 2; do\n  {MAIN} a=$n\ndone\n")
+    with pytest.raises(TuneError, match="such as a `case` statement. Set the values"):
+        read_overrides(f"case $1 in a) X=1;; esac\n{MAIN} a=1\n")

@@ -47,6 +47,15 @@ class Branch:
 
 
 @dataclass
+class FunctionDef:
+    """``name() { ... }``: its body is read where the script calls it."""
+
+    name: str
+    body: list[Statement]
+    pos: int
+
+
+@dataclass
 class Skipped:
     """A loop, function or other compound the reader does not follow (reported if it matters)."""
 
@@ -54,7 +63,7 @@ class Skipped:
     pos: int
 
 
-Statement = Simple | ArrayAssign | Branch | Skipped
+Statement = Simple | ArrayAssign | Branch | FunctionDef | Skipped
 
 
 @dataclass
@@ -122,6 +131,8 @@ class _Walker:
         if kind == "if":
             items = [p.word if p.kind == "reservedword" else p for p in node.parts]
             return [self.branch(items, node.pos[0])]
+        if kind == "function":
+            return [FunctionDef(node.name.word, self.nodes([node.body]), node.pos[0])]
         if kind in ("operator", "pipe", "reservedword"):
             return []
         return [Skipped(kind, node.pos[0])]
@@ -160,6 +171,7 @@ def read_structure(text: str) -> list[Statement]:
         trees = bashlex.parse(masked.text) if masked.text.strip() else []
     except bashlex.errors.ParsingError as e:
         raise ShellError(e.position, f"the shell parser cannot read this ({e.message})") from None
-    except NotImplementedError as e:
-        raise ShellError(0, f"the shell parser does not support {e}") from None
+    except NotImplementedError:
+        raise ShellError(0, "the shell parser (bashlex) cannot read a construct of this script, such as a `case` "
+                            "statement", fix="Set the values the main_ppo command uses outside it.") from None
     return _Walker(text, masked).nodes(trees)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from tunecli.errors import TuneError
-from tunecli.importers.verl.bash import ArrayAssign, Branch, Simple, Statement, read_structure
+from tunecli.importers.verl.bash import ArrayAssign, Branch, FunctionDef, Simple, Skipped, Statement, read_structure
 from tunecli.importers.verl.expand import Deferred, Evaluator, Variable, deferred
 from tunecli.importers.verl.shell import Seg, ShellError, Unknown, Word
 
@@ -126,7 +126,7 @@ def _structure(text: str, ev: Evaluator) -> list[Statement]:
     try:
         return read_structure(text)
     except ShellError as e:
-        raise TuneError(f"line {ev.line(e.pos)}: {e}. Fix the script's quoting.", field="--from-verl") from None
+        raise TuneError(f"line {ev.line(e.pos)}: {e}. {e.fix}", field="--from-verl") from None
 
 
 _TESTS = {"=": True, "==": True, "!=": False}
@@ -167,6 +167,9 @@ class _Reader:
         self.ev = ev
         self.overrides: list[Override] = []
         self.found = False
+        self.functions: dict[str, FunctionDef] = {}
+        self.calls = 0
+        self.skipped: list[Skipped] = []
 
     def run(self, statements: list[Statement]) -> None:
         for st in statements:
@@ -174,6 +177,13 @@ class _Reader:
                 self.ev.assign_array(st.name, st.items, st.pos)
             elif isinstance(st, Branch):
                 self.branch(st)
+            elif isinstance(st, FunctionDef):
+                self.functions[st.name] = st
+            elif isinstance(st, Skipped):
+                self.skipped.append(st)
+            elif isinstance(st, Simple) and st.words[0].literal in self.functions and self.calls < 20:
+                self.calls += 1  # a function the script defined: read its body here (never run)
+                self.run(self.functions[st.words[0].literal].body)
             elif isinstance(st, Simple):
                 self.simple(st.words)
 
@@ -226,6 +236,11 @@ def read_overrides(text: str, env: dict[str, str] | None = None) -> tuple[list[O
     ev = Evaluator(text, env)
     reader = _Reader(ev)
     reader.run(_structure(text, ev))
+    loops = [s for s in reader.skipped if "main_ppo" in text[s.pos:].split("done", 1)[0]]
+    if not reader.found and loops:
+        raise TuneError(f"line {ev.line(loops[0].pos)}: the main_ppo command is inside a `{loops[0].kind}` loop, which "
+                        "tune does not follow (it would have to run the script). Write one main_ppo command outside "
+                        "the loop and import that.", field="--from-verl")
     if not reader.found:
         raise TuneError(
             "The script has no `python3 -m verl.trainer.main_ppo ...` command, so there is nothing to import. "

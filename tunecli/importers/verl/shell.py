@@ -39,9 +39,9 @@ class Unknown(str):
 
 
 class ShellError(Exception):
-    def __init__(self, pos: int, message: str):
+    def __init__(self, pos: int, message: str, fix: str = "Fix the script's quoting."):
         super().__init__(message)
-        self.pos = pos
+        self.pos, self.fix = pos, fix
 
 
 # ---------------------------------------------------------------------------------------------
