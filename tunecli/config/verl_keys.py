@@ -272,20 +272,19 @@ ESTIMATORS = {
     "grpo": "grpo", "grpo_vectorized": "grpo", "drgrpo": "dr_grpo", "dr_grpo": "dr_grpo",
     "rloo": "rloo", "rloo_vectorized": "rloo",
     "reinforce_plus_plus": "reinforce_plus_plus", "reinforce_plus_plus_baseline": "reinforce_plus_plus_baseline",
+    "gpg": "gpg",
 }
 # ... and those refused, each with why
 REFUSED_ESTIMATORS = {
     "gae": "PPO's GAE needs a critic (a value model); tunecli trains critic-free algorithms only",
     "remax": "ReMax's baseline is a second, greedy rollout of every prompt, which tunecli's rollout does not make",
-    "gpg": "GPG (its rescaled group advantage and its ratio-free loss) is not implemented",
     "grpo_passk": "GRPO pass@k (only a group's best sample is credited) is not implemented",
     "opo": "OPO's length-weighted baseline is not implemented",
     "spo": "SPO's value tracker is not implemented",
 }
 # verl's actor.policy_loss.loss_mode -> the tunecli algorithm it makes of a grpo estimator
-LOSS_MODES = {"vanilla": None, "gspo": "gspo"}
+LOSS_MODES = {"vanilla": None, "gspo": "gspo", "gpg": "gpg"}
 REFUSED_LOSS_MODES = {
-    "gpg": "GPG's ratio-free loss is not implemented",
     "clip_cov": "Clip-Cov (clipping by covariance) is not implemented",
     "kl_cov": "KL-Cov (KL on high-covariance tokens) is not implemented",
     "geo_mean": "GMPO's geometric-mean loss is not implemented",
