@@ -51,13 +51,14 @@ def test_tune_new_set_and_tune_run_take_verl_keys(quickstart, tmp_path):
 @pytest.mark.parametrize("estimator, algorithm", [
     ("grpo", "grpo"), ("rloo", "rloo"), ("reinforce_plus_plus", "reinforce_plus_plus"),
     ("reinforce_plus_plus_baseline", "reinforce_plus_plus_baseline"), ("drgrpo", "dr_grpo"), ("gpg", "gpg"),
+    ("grpo_passk", "grpo_passk"),
 ])
 def test_estimators_tunecli_implements(estimator, algorithm):
     assert map_verl_override("algorithm.adv_estimator", estimator).sets == {"algorithm.name": algorithm}
 
 
 @pytest.mark.parametrize("estimator, why", [
-    ("remax", "ReMax's baseline is a second, greedy rollout"), ("grpo_passk", "pass@k"),
+    ("remax", "ReMax's baseline is a second, greedy rollout"), ("opo", "OPO"),
     ("gae", "needs a critic"),
 ])
 def test_estimators_refused_by_name(estimator, why):

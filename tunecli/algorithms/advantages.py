@@ -8,6 +8,7 @@ Every estimator is registered by name and called by ``compute_advantages`` with 
   rloo                          r_i - mean(r_j, j != i)  (leave-one-out baseline)
   reinforce_plus_plus           r whitened over every response token of the batch
   reinforce_plus_plus_baseline  r - group mean, then whitened over every response token of the batch
+  grpo_passk                    the group's best sample: (best - second best) [/ group std]; others 0
   gpg                           (N / number of non-zero rewards in the batch) * (r - group mean)
 
 A group of one has mean 0 and std 1 (verl's rule): its group-relative advantage is its raw reward.
@@ -107,6 +108,23 @@ def rloo_advantage(
     # Mean of the other G-1 rewards = (sum - r_i) / (G - 1).
     baseline = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)  # [B, G]
     return (r - baseline).reshape(-1)  # [N]
+
+
+@register_advantage("grpo_passk")
+def grpo_passk_advantage(
+    rewards: torch.Tensor, group_size: int, *, lengths: torch.Tensor, norm_by_std: bool, all_reduce: AllReduce
+) -> torch.Tensor:
+    """verl's compute_grpo_passk_outcome_advantage: only each group's best sample gets an advantage,
+    its lead over the second best (divided by the group std when norm_by_std); the others get 0."""
+    if group_size < 2:
+        raise ValueError("grpo_passk needs at least 2 samples per prompt")
+    r = rewards.view(-1, group_size)  # [B, G]
+    top = r.topk(2, dim=1)  # values, indices [B, 2]
+    lead = top.values[:, 0] - top.values[:, 1]  # [B]
+    if norm_by_std:
+        lead = lead / (r.std(dim=1) + GRPO_EPS)  # [B]
+    adv = torch.zeros_like(r).scatter(1, top.indices[:, :1], lead.unsqueeze(1))  # [B, G]
+    return adv.reshape(-1)  # [N]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,3 +92,15 @@ GPG = register_algorithm(AlgorithmSpec(
     defaults={"algorithm.norm_adv_by_std_in_grpo": False, "actor.loss_agg_mode": "token-mean",
               "actor.use_kl_loss": False},
 ))
+
+# verl's grpo_passk estimator with grpo's settings: Pass@k training credits only a group's best sample.
+GRPO_PASSK = register_algorithm(AlgorithmSpec(
+    name="grpo_passk",
+    description="GRPO pass@k: only each group's best sample learns, by its lead over the second best "
+    "(over the group std); clipped ratio, KL loss.",
+    advantage="grpo_passk",
+    min_group_size=2,
+    group_size_reason="pass@k compares a prompt's best sample with its second best",
+    defaults={"algorithm.norm_adv_by_std_in_grpo": True, "actor.loss_agg_mode": "token-mean", **_PPO_CLIP,
+              "actor.use_kl_loss": True},
+))

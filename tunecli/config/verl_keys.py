@@ -272,13 +272,12 @@ ESTIMATORS = {
     "grpo": "grpo", "grpo_vectorized": "grpo", "drgrpo": "dr_grpo", "dr_grpo": "dr_grpo",
     "rloo": "rloo", "rloo_vectorized": "rloo",
     "reinforce_plus_plus": "reinforce_plus_plus", "reinforce_plus_plus_baseline": "reinforce_plus_plus_baseline",
-    "gpg": "gpg",
+    "gpg": "gpg", "grpo_passk": "grpo_passk",
 }
 # ... and those refused, each with why
 REFUSED_ESTIMATORS = {
     "gae": "PPO's GAE needs a critic (a value model); tunecli trains critic-free algorithms only",
     "remax": "ReMax's baseline is a second, greedy rollout of every prompt, which tunecli's rollout does not make",
-    "grpo_passk": "GRPO pass@k (only a group's best sample is credited) is not implemented",
     "opo": "OPO's length-weighted baseline is not implemented",
     "spo": "SPO's value tracker is not implemented",
 }
