@@ -21,7 +21,7 @@ def test_every_menu_has_unique_names():
 
 def test_menus_hold_what_the_issue_lists():
     assert set(CAT.names("algorithms")) == {
-        "grpo", "dr_grpo", "dapo", "rloo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"}
+        "grpo", "dr_grpo", "dapo", "rloo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "gpg", "grpo_passk"}
     assert set(CAT.names("methods")) == {"lora", "full"}
     assert set(CAT.names("engines")) == {"vllm", "hf"}
     assert set(CAT.names("strategies")) == {"fsdp2", "none"}

@@ -5,7 +5,7 @@ This package's top level is torch-free (``tune new`` / ``tune list`` import it a
   registry   AlgorithmSpec, register_algorithm / get_algorithm / algorithm_names, the estimator and
              loss registries and their decorators, the LossAggMode / KLType literals
   specs      the shipped algorithms: grpo, dr_grpo, dapo, rloo, gspo, reinforce_plus_plus,
-             reinforce_plus_plus_baseline
+             reinforce_plus_plus_baseline, gpg, grpo_passk
 
 The tensor code is imported by the trainer directly: ``core`` (masked means, aggregation, KL,
 log-probs), ``advantages`` (``compute_advantages``), ``losses`` (``policy_loss``).

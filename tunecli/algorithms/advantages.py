@@ -8,6 +8,8 @@ Every estimator is registered by name and called by ``compute_advantages`` with 
   rloo                          r_i - mean(r_j, j != i)  (leave-one-out baseline)
   reinforce_plus_plus           r whitened over every response token of the batch
   reinforce_plus_plus_baseline  r - group mean, then whitened over every response token of the batch
+  grpo_passk                    the group's best sample: (best - second best) [/ group std]; others 0
+  gpg                           (N / number of non-zero rewards in the batch) * (r - group mean)
 
 A group of one has mean 0 and std 1 (verl's rule): its group-relative advantage is its raw reward.
 A tied group gets advantage 0 from every group estimator.
@@ -108,6 +110,23 @@ def rloo_advantage(
     return (r - baseline).reshape(-1)  # [N]
 
 
+@register_advantage("grpo_passk")
+def grpo_passk_advantage(
+    rewards: torch.Tensor, group_size: int, *, lengths: torch.Tensor, norm_by_std: bool, all_reduce: AllReduce
+) -> torch.Tensor:
+    """verl's compute_grpo_passk_outcome_advantage: only each group's best sample gets an advantage,
+    its lead over the second best (divided by the group std when norm_by_std); the others get 0."""
+    if group_size < 2:
+        raise ValueError("grpo_passk needs at least 2 samples per prompt")
+    r = rewards.view(-1, group_size)  # [B, G]
+    top = r.topk(2, dim=1)  # values, indices [B, 2]
+    lead = top.values[:, 0] - top.values[:, 1]  # [B]
+    if norm_by_std:
+        lead = lead / (r.std(dim=1) + GRPO_EPS)  # [B]
+    adv = torch.zeros_like(r).scatter(1, top.indices[:, :1], lead.unsqueeze(1))  # [B, G]
+    return adv.reshape(-1)  # [N]
+
+
 # ---------------------------------------------------------------------------------------------
 # REINFORCE++: whitened over the whole batch (all ranks), each response weighted by its tokens.
 # ---------------------------------------------------------------------------------------------
@@ -144,3 +163,19 @@ def reinforce_plus_plus_baseline_advantage(
     r = rewards.view(-1, group_size)  # [B, G]
     centred = (r - _group_mean(r)).reshape(-1)  # [N]
     return token_weighted_whiten(centred, lengths, all_reduce)  # [N]
+
+
+@register_advantage("gpg")
+def gpg_advantage(
+    rewards: torch.Tensor, group_size: int, *, lengths: torch.Tensor, norm_by_std: bool, all_reduce: AllReduce
+) -> torch.Tensor:
+    """verl's compute_gpg_outcome_advantage (f_norm 1): alpha * (r - group mean), alpha = N / #(r != 0).
+
+    N and the non-zero count are over the whole batch (all ranks), counting the samples that take
+    part (length > 0). No std scaling.
+    """
+    counted = lengths > 0  # [N]
+    n, nonzero = all_reduce(torch.stack([counted.sum(), (counted & (rewards != 0)).sum()]).double()).to(rewards.device)
+    alpha = n / nonzero.clamp(min=1)
+    r = rewards.view(-1, group_size)  # [B, G]
+    return (alpha * (r - _group_mean(r))).reshape(-1).to(rewards.dtype)  # [N]

@@ -83,6 +83,22 @@ def gspo_surrogate(
     return loss, metrics
 
 
+@register_policy_loss("gpg")
+def gpg_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GPG's plain policy gradient (verl's 'gpg' loss_mode): loss = -A * logp, no ratio and no clip."""
+    loss = -_per_token(advantages) * logp  # [N, L]
+    ratio = torch.exp((logp - old_logp).detach().clamp(-20.0, 20.0))  # [N, L]  reported only
+    return loss, {"clip_frac": torch.zeros((), device=logp.device), "ratio_mean": masked_mean(ratio, mask)}
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

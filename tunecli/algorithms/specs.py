@@ -79,3 +79,28 @@ REINFORCE_PLUS_PLUS_BASELINE = register_algorithm(AlgorithmSpec(
     defaults={"actor.loss_agg_mode": "token-mean", **_PPO_CLIP, "actor.use_kl_loss": True,
               "actor.kl_loss_type": "mse"},
 ))
+
+# verl examples/gpg_trainer: adv_estimator gpg, loss_mode gpg, no KL loss, token-mean.
+GPG = register_algorithm(AlgorithmSpec(
+    name="gpg",
+    description="GPG: group-mean baseline scaled by N / non-zero rewards; plain policy gradient (no ratio, no "
+    "clip), no KL.",
+    advantage="gpg",
+    policy_loss="gpg",
+    min_group_size=2,
+    group_size_reason="GPG's baseline is the mean reward of the prompt's samples",
+    defaults={"algorithm.norm_adv_by_std_in_grpo": False, "actor.loss_agg_mode": "token-mean",
+              "actor.use_kl_loss": False},
+))
+
+# verl's grpo_passk estimator with grpo's settings: Pass@k training credits only a group's best sample.
+GRPO_PASSK = register_algorithm(AlgorithmSpec(
+    name="grpo_passk",
+    description="GRPO pass@k: only each group's best sample learns, by its lead over the second best "
+    "(over the group std); clipped ratio, KL loss.",
+    advantage="grpo_passk",
+    min_group_size=2,
+    group_size_reason="pass@k compares a prompt's best sample with its second best",
+    defaults={"algorithm.norm_adv_by_std_in_grpo": True, "actor.loss_agg_mode": "token-mean", **_PPO_CLIP,
+              "actor.use_kl_loss": True},
+))

@@ -32,6 +32,7 @@ class NewRequest:
     out: Path | None = None  # None: the answers file's out, else DEFAULT_OUT
     answers: Path | None = None
     from_verl: Path | None = None
+    env: list[str] = field(default_factory=list)  # --env NAME=VALUE for the imported script
     interactive: bool = True
     dry_run: bool = False
     force: bool = False
@@ -58,6 +59,9 @@ def refuse_bad_request(request: NewRequest, *, has_terminal: bool) -> None:
     if launcher not in (None, *LAUNCHERS):
         raise TuneError(f"--launcher '{launcher}' is not a launcher. Use local (torchrun) or slurm (sbatch).",
                         field="--launcher")
+    if request.env and request.from_verl is None:
+        raise TuneError("--env gives values to the variables of an imported script, and no --from-verl script is given. "
+                        "Add --from-verl SCRIPT.sh, or use --set section.key=value.", field="--env")
 
 
 def _read_answers(path: Path) -> dict[Any, Any]:

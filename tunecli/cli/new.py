@@ -61,13 +61,13 @@ def _preview(recipe: Recipe, report: Report) -> None:
         console.error(str(e))
 
 
-def _import_verl(script: Path) -> Choices:
+def _import_verl(script: Path, env: list[str]) -> Choices:
     """The script's choices; what it sets that has no meaning here is shown as a table."""
     from rich.table import Table
 
-    from tunecli.importers.verl.script import import_verl_script
+    from tunecli.importers.verl.script import import_verl_script, parse_env
 
-    result = import_verl_script(script)
+    result = import_verl_script(script, parse_env(env))
     if result.unmapped:
         table = Table(title=f"Not mapped from {script.name} ({len(result.unmapped)} overrides)", show_lines=True,
                       header_style="bold")
@@ -154,6 +154,9 @@ def register(app: typer.Typer) -> None:
         answers: Path | None = typer.Option(None, "--answers", metavar="FILE.yaml", help="YAML file with the answers."),
         launcher: str | None = typer.Option(None, "--launcher", metavar="local|slurm", help="local (torchrun) or slurm (sbatch)."),
         from_verl: Path | None = typer.Option(None, "--from-verl", metavar="SCRIPT.sh", help="Import a verl launch script."),
+        env: list[str] = typer.Option([], "--env", metavar="NAME=VALUE",
+                                      help="With --from-verl: a variable the script reads from its environment or "
+                                           "its arguments (1=VALUE for $1); repeat."),
         yes: bool = typer.Option(False, "--yes", "-y", help="No prompts: use flags and defaults."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print both files, write nothing."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
@@ -166,7 +169,7 @@ def register(app: typer.Typer) -> None:
             flags=Choices(preset=preset, model=model, algorithm=algorithm, method=method, gpus=gpus, gpu_type=gpu_type,
                           nodes=nodes, strategy=strategy, engine=engine, dataset=dataset, reward=reward, name=name,
                           launcher=launcher, sets=list(sets)),
-            out=out, answers=answers, from_verl=from_verl, interactive=not yes, dry_run=dry_run, force=force,
+            out=out, answers=answers, from_verl=from_verl, env=list(env), interactive=not yes, dry_run=dry_run, force=force,
         )
         try:
             _new(request)
@@ -179,7 +182,7 @@ def _new(request: NewRequest) -> None:
     from tunecli.authoring.new import build_checked, refuse_bad_request, render_checked, resolve_choices, write_recipe
 
     refuse_bad_request(request, has_terminal=sys.stdin.isatty() and sys.stdout.isatty())
-    imported = _import_verl(request.from_verl) if request.from_verl is not None else None
+    imported = _import_verl(request.from_verl, request.env) if request.from_verl is not None else None
     choices, out = resolve_choices(request, imported)
     if request.interactive:
         checked = _ask_until_checked(choices, ask_start=request.from_verl is None)

@@ -12,8 +12,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunecli.errors import TuneError, did_you_mean
+from tunecli.config.envrefs import resolve_env_refs
 from tunecli.config.keys import field_info, section_model
 from tunecli.config.schema import Recipe, allowed_range
+from tunecli.config.verl_keys import Mapped, Unmapped, combine_algorithms, is_verl_key, map_verl_override
 
 
 def parse_value(text: str) -> Any:
@@ -35,43 +37,78 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a recipe dict; unknown keys fail with a 'did you mean'."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise TuneError(
+            f"Override '{item}' is not of the form key=value. Write it as section.key=value, "
+            "for example actor.lr=1e-5 or rollout.n=8.",
+            field=item,
+        )
+    key, raw = item.split("=", 1)
+    return key.strip().lstrip("+~"), raw
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set one recipe key; an unknown key fails with a 'did you mean'."""
+    parts = key.split(".")
+    model: type[BaseModel] = Recipe
+    node = data
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the recipe"
             raise TuneError(
-                f"Override '{item}' is not of the form key=value. Write it as section.key=value, "
-                "for example actor.lr=1e-5 or rollout.n=8.",
-                field=item,
+                f"Unknown config key '{key}': {where} has no field '{part}'"
+                f"{did_you_mean(part, fields)}. Run `tune list` or look at a rendered NAME.yaml "
+                "for the valid keys.",
+                field=key,
             )
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("+")
-        parts = key.split(".")
-        model: type[BaseModel] = Recipe
-        node = data
-        for i, part in enumerate(parts):
-            fields = model.model_fields
-            if part not in fields:
-                where = ".".join(parts[:i]) or "the recipe"
+        section = section_model(fields[part].annotation)
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            if section is None:
                 raise TuneError(
-                    f"Unknown config key '{key}': {where} has no field '{part}'"
-                    f"{did_you_mean(part, fields)}. Run `tune list` or look at a rendered NAME.yaml "
-                    "for the valid keys.",
+                    f"Config key '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section, "
+                    "so it has no sub-keys. Drop the part after it.",
                     field=key,
                 )
-            section = section_model(fields[part].annotation)
-            if i == len(parts) - 1:
-                node[part] = parse_value(raw)
-            else:
-                if section is None:
-                    raise TuneError(
-                        f"Config key '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section, "
-                        "so it has no sub-keys. Drop the part after it.",
-                        field=key,
-                    )
-                node = node.setdefault(part, {})
-                model = section
+            node = node.setdefault(part, {})
+            model = section
+
+
+def _put_verl(data: dict[str, Any], mapped: Mapped, algorithm: list[str]) -> None:
+    """A verl key's tunecli meaning; two keys naming the algorithm are combined (grpo + gspo loss)."""
+    for target, value in mapped.sets.items():
+        if target == "algorithm.name":
+            value = combine_algorithms(algorithm[-1] if algorithm else None, value)
+            algorithm.append(value)
+        _put(data, target, parse_value(value) if isinstance(value, str) else value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a recipe dict; unknown keys fail with a 'did you mean'.
+
+    verl's keys (``actor_rollout_ref.rollout.n=8``) are read through the one key table
+    (``verl_keys``); a verl key with no tunecli meaning is refused with the reason, all of them listed.
+    """
+    data = copy.deepcopy(data)
+    unmapped: list[Unmapped] = []
+    algorithm: list[str] = []
+    for item in overrides:
+        key, raw = _split_override(item)
+        if field_info(Recipe, key) is not None or not is_verl_key(key):
+            _put(data, key, parse_value(raw))
+            continue
+        mapped = map_verl_override(key, raw)
+        if isinstance(mapped, Unmapped):
+            unmapped.append(mapped)
+        else:
+            _put_verl(data, mapped, algorithm)
+    if unmapped:
+        listed = "; ".join(f"{u.key}={u.value} ({u.reason})" for u in unmapped)
+        raise TuneError(f"{len(unmapped)} verl override(s) have no meaning in a tunecli recipe and were not applied: "
+                        f"{listed}. Drop them, or set the tunecli field named in the reason.", field=unmapped[0].key)
     return data
 
 
@@ -138,7 +175,8 @@ class RecipeFile:
         return data or {}
 
     def recipe(self, overrides: list[str] | None = None) -> Recipe:
-        return recipe_from_dict(self.mapping(), overrides, source=str(self.path))
+        """The recipe as it runs here: overrides applied, ``${NAME}`` values filled from the environment."""
+        return recipe_from_dict(resolve_env_refs(self.mapping()), overrides, source=str(self.path))
 
     def empty_warning(self) -> str | None:
         """The warning for a file that sets nothing (empty, or comments only): every field is a default."""

@@ -19,15 +19,19 @@ from tunecli.authoring.render import yaml_value
 from tunecli.catalog import Catalog, load_catalog
 from tunecli.errors import TuneError
 from tunecli.importers.verl.command import Override, read_overrides
-from tunecli.importers.verl.keys import (
-    AR, COMBINED, VERL_DEFAULTS, VERL_MAX_TOKENS_PER_GPU, Mapped, Unmapped, as_bool, map_verl_override,
+from tunecli.config.verl_keys import (
+    AR, COMBINED, VERL_DEFAULTS, VERL_MAX_TOKENS_PER_GPU, Mapped, Unmapped, as_bool, combine_algorithms,
+    map_verl_override,
     takes_number,
 )
 from tunecli.importers.verl.shell import Unknown
+from tunecli.importers.verl.expand import Deferred, Variable
 
 # Mapped keys passed as choices rather than --set, so that build_recipe applies what comes with
 # them (the catalogue's model, the algorithm's settings, the engine check, batch sizes per process).
-_AS_CHOICES = {"model.path": "model", "algorithm.name": "algorithm", "rollout.name": "engine"}
+_AS_CHOICES = {"model.path": "model", "rollout.name": "engine"}
+# A vision-language model's name: Qwen2.5-VL, GLM-4.1V, MiniCPM-o/V, LLaVA, Kimi-VL ...
+_VISION_MODEL = re.compile(r"(?i)(?:^|[-_/.])(?:vl|vision|llava|minicpm-?[ov])(?:$|[-_/.\d])|\d(?:\.\d+)?v(?:$|[-_/])")
 _PROCESS_COUNTS = ("launch.n_gpus_per_node", "launch.nnodes")
 _PER_GPU_MICRO = AR + "actor.ppo_micro_batch_size_per_gpu"
 _GLOBAL_MICRO = AR + "actor.ppo_micro_batch_size"
@@ -77,23 +81,39 @@ def _last_of_each(overrides: list[Override]) -> dict[str, Override]:
     return seen
 
 
-def _missing_dollar(o: Override, shell_vars: dict[str, Any]) -> str | None:
-    """`key=name` where `name` is a shell variable and the key takes a number: a forgotten `$`."""
-    if o.raw is not None and o.raw in shell_vars and takes_number(o.key):
-        return (f"line {o.line}: {o.key}={o.raw} uses the shell variable '{o.raw}' without its '$' "
-                f"(write {o.key}=${{{o.raw}}}).")
-    return None
+def _missing_dollar(o: Override, shell_vars: dict[str, Variable]) -> list[str]:
+    """`key=name` where `name` is a variable the script defines: a forgotten `$` (and that variable's problems)."""
+    var = shell_vars.get(o.raw) if o.raw is not None else None
+    if var is None or not var.line:
+        return []
+    return [f"line {o.line}: {o.key}={o.raw} uses the shell variable '{o.raw}' without its '$' "
+            f"(write {o.key}=${{{o.raw}}}).", *var.errors]
 
 
-def _map_each(seen: dict[str, Override], shell_vars: dict[str, Any], draft: _Draft, cat: Catalog) -> None:
+def _deferred_ok(o: Override, draft: _Draft) -> bool:
+    """A value with ${ENV} references is kept as a reference, unless a check needs it now (a number)."""
+    names = ", ".join(f"${n}" for n in sorted(o.value.names))
+    gives = " ".join(f"--env {n}=VALUE" for n in sorted(o.value.names))
+    if takes_number(o.key) or o.key in (_DYNAMIC, _MAX_TOKENS):
+        draft.errors.append(f"line {o.line}: {o.key}={o.value} needs the value of {names} now (the import's checks "
+                            f"use it); give it with {gives}.")
+        return False
+    draft.notes.append(f"line {o.line}: {o.key} keeps {names} as a reference: the launch script reads it from "
+                       f"the environment when the job runs (or give it now with {gives}).")
+    return True
+
+
+def _map_each(seen: dict[str, Override], shell_vars: dict[str, Variable], draft: _Draft, cat: Catalog) -> None:
     """Map every override on its own; keep those that need the others (COMBINED) for later."""
     for key, o in seen.items():
         if isinstance(o.value, Unknown):
             draft.skip(o, "the value comes from a command the script runs; tune never runs it")
             continue
-        problem = _missing_dollar(o, shell_vars)
-        if problem:
-            draft.errors.append(problem)
+        if isinstance(o.value, Deferred) and not _deferred_ok(o, draft):
+            continue
+        problems = _missing_dollar(o, shell_vars)
+        if problems:
+            draft.errors += problems
             continue
         if key in COMBINED:
             draft.later[key] = o
@@ -115,6 +135,11 @@ def _apply(mapped: Mapped, o: Override, draft: _Draft, cat: Catalog) -> None:
     for target, value in mapped.sets.items():
         if target in _PROCESS_COUNTS:
             draft.process_counts[target] = o  # a number: read with the other count
+        elif target == "algorithm.name":
+            try:
+                draft.choices.algorithm = combine_algorithms(draft.choices.algorithm, value)
+            except TuneError as e:
+                draft.errors.append(f"line {o.line}: {e}")
         elif target in _AS_CHOICES:
             if target == "model.path":
                 value = _catalogue_model(value, o.line, draft.notes, cat)
@@ -212,13 +237,26 @@ def _dataset_and_reward(draft: _Draft) -> None:
 
 def _hardware_from_name(path: Path, draft: _Draft, cat: Catalog) -> None:
     """The GPU type is not part of a verl script; its file name usually says (naming rule)."""
-    tokens = re.split(r"[_.]", path.stem.lower())
-    hardware = [t for t in tokens if t in cat.names("hardware")]
+    stem = path.stem.lower()
+    hardware = [h for h in cat.names("hardware") if re.search(rf"(?<![a-z0-9]){re.escape(h)}(?![a-z0-9])", stem)]
     if hardware:
         draft.choices.gpu_type = hardware[0]
     else:
         draft.choices.gpu_type = "h100"
         draft.notes.append("The GPU type is not in the script or its name: assuming h100 (use --gpu-type).")
+
+
+def _refuse_unsupported(path: Path, seen: dict[str, Override]) -> None:
+    """Vision-language models and Ascend NPUs: one sentence each, before anything else is reported."""
+    model = seen.get(AR + "model.path")
+    if AR + "model.path" in seen and _VISION_MODEL.search(model.value) or "data.image_key" in seen:
+        what = f"the vision-language model {model.value}" if model else "images (data.image_key)"
+        raise TuneError(f"{path.name} trains {what}: tunecli's trainer is text-only, so it cannot be imported.",
+                        field="--from-verl")
+    device = seen.get("trainer.device")
+    if device is not None and device.value == "npu" or re.search(r"(?<![a-z0-9])npu(?![a-z0-9])", path.stem.lower()):
+        raise TuneError(f"{path.name} runs on Ascend NPUs: tunecli has no NPU support (NVIDIA GPUs and CPUs only), "
+                        "so it cannot be imported.", field="--from-verl")
 
 
 def _refuse_problems(path: Path, errors: list[str]) -> None:
@@ -230,13 +268,29 @@ def _refuse_problems(path: Path, errors: list[str]) -> None:
         )
 
 
-def import_verl_script(path: str | Path) -> VerlImport:
-    """The choices a verl launch script amounts to, what could not be mapped, and notes."""
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` (repeatable) as a dict; NAME is a variable name or an argument number."""
+    env = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|[1-9][0-9]*", name):
+            raise TuneError(f"--env {item!r} is not NAME=VALUE with NAME a shell variable name or an argument number. "
+                            "Write it as --env CKPT_DIR=/data/ckpt or --env 1=sglang.", field="--env")
+        env[name] = value
+    return env
+
+
+def import_verl_script(path: str | Path, env: dict[str, str] | None = None) -> VerlImport:
+    """The choices a verl launch script amounts to, what could not be mapped, and notes.
+
+    ``env``: values for variables the environment or the script's arguments supply (``--env``).
+    """
     path = Path(path)
-    overrides, ev = read_overrides(_read_script(path))
+    overrides, ev = read_overrides(_read_script(path), env)
     cat = load_catalog()
     seen = _last_of_each(overrides)
-    draft = _Draft(errors=list(ev.errors))
+    _refuse_unsupported(path, seen)
+    draft = _Draft(errors=list(ev.errors), notes=list(ev.notes))
     _map_each(seen, ev.vars, draft, cat)
     world = _processes(draft)
     _micro_batch_from_global(draft, world, given=set(seen))

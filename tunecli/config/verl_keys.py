@@ -1,9 +1,11 @@
-"""verl's Hydra override keys and what each means in a tunecli recipe.
+"""verl's Hydra override keys and what each means in a tunecli recipe: the one key table.
 
 Data first: ``DIRECT`` (same meaning, value copied), ``VALUE_RULES`` (keys whose value decides
 what they mean), ``UNMAPPED_REASONS`` (no meaning here, and what tunecli does instead) and
 ``COMBINED`` (read together with other keys of the same command). ``map_verl_override`` looks one
-override up; the script importer and ``tune train KEY=VALUE`` share it.
+override up; the script importer (``tune new --from-verl``) and every ``KEY=VALUE`` override
+(``tune train/run -- KEY=VALUE``, ``tune new --set``, through ``config.io.apply_overrides``) share it.
+Adding a key is one dict entry.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ DIRECT = {
     AR + "model.lora_rank": "model.lora_rank",
     AR + "model.lora_alpha": "model.lora_alpha",
     AR + "model.target_modules": "model.target_modules",
+    AR + "model.lora.rank": "model.lora_rank",  # verl's newer spelling (megatron LoRA)
+    AR + "model.lora.alpha": "model.lora_alpha",
     AR + "model.enable_gradient_checkpointing": "model.enable_gradient_checkpointing",
     AR + "model.trust_remote_code": "model.trust_remote_code",
     AR + "actor.optim.lr": "actor.lr",
@@ -119,6 +123,12 @@ UNMAPPED_REASONS = {
     AR + "actor.strategy": "tunecli trains with FSDP2 (launch.strategy)",
     AR + "actor.fsdp_config.fsdp_size": "FSDP2 shards over all processes",
     AR + "actor.fsdp_config.": "FSDP2 settings other than offload are chosen by the trainer",
+    AR + "actor.megatron.grad_offload": "FSDP2 offloads gradients with the parameters (actor.param_offload)",
+    AR + "actor.megatron.": "no Megatron: FSDP2 shards over all processes (tensor/pipeline/expert parallel sizes "
+                            "have no meaning here)",
+    AR + "actor.policy_loss.": "the policy loss is the algorithm's (algorithm.name)",
+    AR + "model.override_config.": "the model's config is used as published",
+    AR + "actor.use_dynamic_bsz": "a token budget is on when actor.ppo_max_token_len_per_gpu is set",
     AR + "actor.ulysses_sequence_parallel_size": "no sequence parallelism; the memory estimate assumes none "
                                                  "(lower actor.ppo_micro_batch_size_per_gpu if it does not fit)",
     AR + "actor.optim.": "AdamW with actor.lr, actor.weight_decay, actor.lr_warmup_steps, actor.lr_scheduler_type",
@@ -147,6 +157,7 @@ UNMAPPED_REASONS = {
     "trainer.rollout_data_dir": "rollouts are not dumped to disk",
     "trainer.balance_batch": "batches are split evenly by count",
     "trainer.device": "the device follows launch.hardware",
+    "trainer.log_val_generations": "validation results are logged with the metrics",
     "ray_init.": "no Ray: processes are started by torchrun",
     "--config-path": "Hydra config files are not read; only the overrides on the command line are imported",
     "--config-name": "Hydra config files are not read; only the overrides on the command line are imported",
@@ -203,6 +214,13 @@ def unmapped_reason(key: str) -> str:
     return "no tunecli equivalent"
 
 
+def is_verl_key(key: str) -> bool:
+    """Whether the table knows ``key`` (its own entry or a prefix), as opposed to a typo."""
+    if key in DIRECT or key in VALUE_RULES or key in COMBINED or key in UNMAPPED_REASONS:
+        return True
+    return any(p.endswith((".", "_")) and key.startswith(p) for p in UNMAPPED_REASONS)
+
+
 def takes_number(key: str) -> bool:
     """Whether the key's value is a number or a boolean (so a bare word in it is a mistake)."""
     if key in _NUMBER_KEYS:
@@ -213,14 +231,6 @@ def takes_number(key: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Keys whose value decides what they mean
-
-
-def _algorithm(key: str, value: str) -> Mapped:
-    names = {"grpo": "grpo", "rloo": "rloo", "drgrpo": "dr_grpo", "dr_grpo": "dr_grpo"}
-    if value not in names:
-        raise TuneError(f"{key}={value} needs a critic or is not in tunecli's critic-free set; use grpo, rloo or "
-                        "dr_grpo.", field=key)
-    return Mapped(key, value, {"algorithm.name": names[value]})
 
 
 def _kl_in_reward(key: str, value: str) -> Unmapped:
@@ -251,7 +261,66 @@ def _strategy(key: str, value: str) -> Unmapped:
 def _engine(key: str, value: str) -> Mapped | Unmapped:
     if value in ("vllm", "hf"):
         return Mapped(key, value, {"rollout.name": value})
+    if value in SERVED_BY_VLLM:
+        return Mapped(key, value, {"rollout.name": "vllm"},
+                      note=f"{key}={value}: {SERVED_BY_VLLM[value]} is not bundled; vLLM serves the rollouts.")
     return Unmapped(key, value, f"engine '{value}' is not bundled; using vllm")
+
+
+# verl's algorithm.adv_estimator -> tunecli algorithm (critic-free, GRPO-shaped data)
+ESTIMATORS = {
+    "grpo": "grpo", "grpo_vectorized": "grpo", "drgrpo": "dr_grpo", "dr_grpo": "dr_grpo",
+    "rloo": "rloo", "rloo_vectorized": "rloo",
+    "reinforce_plus_plus": "reinforce_plus_plus", "reinforce_plus_plus_baseline": "reinforce_plus_plus_baseline",
+    "gpg": "gpg", "grpo_passk": "grpo_passk",
+}
+# ... and those refused, each with why
+REFUSED_ESTIMATORS = {
+    "gae": "PPO's GAE needs a critic (a value model); tunecli trains critic-free algorithms only",
+    "remax": "ReMax's baseline is a second, greedy rollout of every prompt, which tunecli's rollout does not make",
+    "opo": "OPO's length-weighted baseline is not implemented",
+    "spo": "SPO's value tracker is not implemented",
+}
+# verl's actor.policy_loss.loss_mode -> the tunecli algorithm it makes of a grpo estimator
+LOSS_MODES = {"vanilla": None, "gspo": "gspo", "gpg": "gpg"}
+REFUSED_LOSS_MODES = {
+    "clip_cov": "Clip-Cov (clipping by covariance) is not implemented",
+    "kl_cov": "KL-Cov (KL on high-covariance tokens) is not implemented",
+    "geo_mean": "GMPO's geometric-mean loss is not implemented",
+}
+# Engines whose rollouts tunecli serves with vLLM (same sampling settings)
+SERVED_BY_VLLM = {"sglang": "SGLang", "trtllm": "TensorRT-LLM"}
+
+
+def _algorithm(key: str, value: str) -> Mapped:
+    if value in ESTIMATORS:
+        return Mapped(key, value, {"algorithm.name": ESTIMATORS[value]})
+    why = REFUSED_ESTIMATORS.get(value, "it is not one of verl's critic-free estimators tunecli knows")
+    raise TuneError(f"{key}={value} cannot be imported: {why}. Use one of {', '.join(ESTIMATORS)}.", field=key)
+
+
+def _loss_mode(key: str, value: str) -> Mapped:
+    if value in LOSS_MODES:
+        algorithm = LOSS_MODES[value]
+        return Mapped(key, value, {"algorithm.name": algorithm} if algorithm else {})
+    why = REFUSED_LOSS_MODES.get(value, "tunecli does not know this loss")
+    raise TuneError(f"{key}={value} cannot be imported: {why}. Use one of {', '.join(LOSS_MODES)}.", field=key)
+
+
+def combine_algorithms(first: str | None, second: str) -> str:
+    """Two keys naming the algorithm (adv_estimator, loss_mode): GSPO is grpo's estimator with the gspo loss."""
+    if first in (None, second):
+        return second
+    if {first, second} == {"grpo", "gspo"}:
+        return "gspo"
+    raise TuneError(f"The overrides name two algorithms, {first} and {second} (algorithm.adv_estimator and "
+                    "actor.policy_loss.loss_mode): tunecli runs the gspo loss with grpo advantages only. Keep one.",
+                    field="algorithm.name")
+
+
+def _megatron_offload(key: str, value: str) -> Mapped:
+    target = "actor.param_offload" if key.endswith("param_offload") else "actor.optimizer_offload"
+    return Mapped(key, value, {target: value}, note=f"{key} is Megatron's; tunecli offloads with FSDP2 ({target}).")
 
 
 VALUE_RULES: dict[str, Callable[[str, str], Mapped | Unmapped]] = {
@@ -263,6 +332,9 @@ VALUE_RULES: dict[str, Callable[[str, str], Mapped | Unmapped]] = {
     AR + "actor.clip_ratio": _clip_ratio,
     AR + "actor.strategy": _strategy,
     AR + "rollout.name": _engine,
+    AR + "actor.policy_loss.loss_mode": _loss_mode,
+    AR + "actor.megatron.param_offload": _megatron_offload,
+    AR + "actor.megatron.optimizer_offload": _megatron_offload,
 }
 
 
