@@ -110,6 +110,7 @@ BODIES = {
     "raises KeyboardInterrupt": "    if CALLS[0] > AFTER:\n        raise KeyboardInterrupt",
     "exits": "    sys.exit(3)",
     "nan": "    if CALLS[0] % 2:\n        return float('nan')",
+    "none": "    return None",  # None only means "not applicable" in the TRL contract
     "huge": "    return 1e308 if CALLS[0] % 2 else -1e308",  # finite in Python, inf in the float32 rewards
     "huge on rank 1": "    if os.environ.get('RANK') == '1':\n        return 1e308",
 }
@@ -203,6 +204,7 @@ def _train_in_process(config: Path) -> int:
 @pytest.mark.parametrize("body, expected", [
     ("exits", "failed with SystemExit: 3"),
     ("nan", "returned a non-finite number: nan"),
+    ("none", "returned a non-number: None"),
 ])
 def test_a_reward_that_exits_or_returns_nan_stops_the_run(tmp_path, tiny_model_dir, capsys, body, expected):
     code = _train_in_process(write_recipe(tmp_path, tiny_model_dir, body))

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from tunecli.config.trackers import TRACKERS
+
 from tunecli.algorithms import (
     KLType,
     LossAggMode,
@@ -248,7 +250,7 @@ class RolloutConfig(Section):
         return value
 
 
-Tracker = Literal["console", "tensorboard", "wandb", "mlflow", "swanlab", "trackio"]
+Tracker = Literal[TRACKERS]  # trainer.logger's names (config.trackers)
 
 
 class TrainerConfig(Section):

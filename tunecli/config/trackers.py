@@ -21,6 +21,9 @@ TRACKER_LIBRARIES = {
 }
 
 
+TRACKERS = ("console", *TRACKER_LIBRARIES)
+
+
 def tracker_problems(names: list[str]) -> list[TuneError]:
     """A refusal for each chosen tracker whose library is not installed."""
     problems = []

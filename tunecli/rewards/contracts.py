@@ -39,8 +39,9 @@ class Parameters:
     var_keyword: bool
 
     def accepts_keyword(self, name: str) -> bool:
-        named = (name in self.positional and name not in self.positional_only) or name in self.keyword_only
-        return named or self.var_keyword
+        if name in self.positional_only:  # by keyword it would land in **kwargs, not in this parameter
+            return False
+        return name in self.positional or name in self.keyword_only or self.var_keyword
 
 
 def contract_of(params: Parameters) -> tuple[str, str | None]:

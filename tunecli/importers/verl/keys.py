@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunecli.config.keys import field_info
+from tunecli.config.trackers import TRACKERS
 from tunecli.config.schema import Recipe
 from tunecli.errors import TuneError
 
@@ -138,7 +139,6 @@ UNMAPPED_REASONS = {
     "critic.": "GRPO-family algorithms have no critic",
     "reward_model.": "rewards are Python functions (reward.function), not reward models",
     "custom_reward_function.": "reward keyword arguments go in reward.kwargs",
-    "trainer.logger": "metrics go to the console and the run directory; wandb is not bundled",
     "trainer.experiment_name": "the recipe name names the run (--name)",
     "trainer.critic_warmup": "no critic",
     "trainer.default_hdfs_dir": "checkpoints stay in trainer.default_local_dir",
@@ -254,6 +254,15 @@ def _engine(key: str, value: str) -> Mapped | Unmapped:
     return Unmapped(key, value, f"engine '{value}' is not bundled; using vllm")
 
 
+def _logger(key: str, value: str) -> Mapped:
+    """verl's trainer.logger list: the trackers tunecli has are kept, any other is reported."""
+    names = file_list(value)
+    kept = [n for n in names if n in TRACKERS]
+    other = [n for n in names if n not in TRACKERS]
+    dropped = f"no tracker {', '.join(other)} here (tunecli has {', '.join(TRACKERS)})" if other else None
+    return Mapped(key, value, {"trainer.logger": kept or ["console"]}, dropped=dropped)
+
+
 VALUE_RULES: dict[str, Callable[[str, str], Mapped | Unmapped]] = {
     "algorithm.adv_estimator": _algorithm,
     "algorithm.use_kl_in_reward": _kl_in_reward,
@@ -263,6 +272,7 @@ VALUE_RULES: dict[str, Callable[[str, str], Mapped | Unmapped]] = {
     AR + "actor.clip_ratio": _clip_ratio,
     AR + "actor.strategy": _strategy,
     AR + "rollout.name": _engine,
+    "trainer.logger": _logger,
 }
 
 
