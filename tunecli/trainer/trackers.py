@@ -64,14 +64,18 @@ class WandbTracker:
 
 
 class MlflowTracker:
-    """An mlflow run in experiment ``project_name``; $MLFLOW_TRACKING_URI, else a file store in runs/NAME/mlruns."""
+    """An mlflow run named ``experiment_name`` in experiment ``project_name``, in $MLFLOW_TRACKING_URI, else
+    in a file store in runs/NAME/mlruns."""
 
     def __init__(self, project: str, experiment: str, run_dir: Path, config: dict[str, Any]):
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
         self.metric = Metric
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # a file store needs no database driver (mlflow-skinny has none); mlflow 3 asks for the opt-in
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(project)
         experiment_id = found.experiment_id if found else self.client.create_experiment(project)
