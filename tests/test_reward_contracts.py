@@ -162,3 +162,31 @@ def test_a_missing_tracker_library_is_refused_by_validate_and_by_the_trainer():
     with pytest.raises(TuneError, match=f"pip install {missing}"):
         check_available(recipe.trainer.logger)
     assert check_recipe(recipe_from_dict({}, ["trainer.logger=[console, tensorboard, wandb, mlflow]"])).errors == []
+
+
+def test_from_verl_brings_the_custom_compute_score_and_the_trackers_over(tmp_path):
+    from pathlib import Path
+
+    from recipe_testutil import tune
+
+    from tunecli.config.io import load_recipe
+
+    reward = write(tmp_path, MARKER + (
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    return {'score': 1.0 if solution_str.strip().endswith(ground_truth) else 0.0}\n"), "my reward.py")
+    card = Path(__file__).parent / "data" / "verl" / "qwen2-1.5b_grpo-lora_1_h100_fsdp_vllm.sh"
+    text = card.read_text().replace(
+        "python3 -m verl.trainer.main_ppo \\\n",
+        f"python3 -m verl.trainer.main_ppo \\\n    custom_reward_function.path='{reward}' \\\n"
+        "    custom_reward_function.name=compute_score \\\n", 1)
+    assert "trainer.logger=['console','wandb']" in text
+    script = write(tmp_path, text, "run.sh")
+    result = tune("new", "--from-verl", script, "--yes", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert not reward.with_suffix(".imported").exists()  # tune new never runs the reward
+    (yaml_file,) = (tmp_path / "out").glob("*.yaml")
+    recipe = load_recipe(yaml_file)
+    assert recipe.reward.function == f"{reward}:compute_score" and recipe.trainer.logger == ["console", "wandb"]
+    loaded = load_rewards(recipe.reward.function_list(), recipe.reward.weights)
+    assert loaded.rewards[0].contract == "verl"
+    assert loaded.score([RewardInput("p", "so 42", "42"), RewardInput("p", "41", "42")]).total == [1.0, 0.0]
