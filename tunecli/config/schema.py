@@ -254,8 +254,8 @@ Tracker = Literal[TRACKERS]  # trainer.logger's names (config.trackers)
 
 
 class TrainerConfig(Section):
-    project_name: str = Field("tunecli", description="Project name (for loggers).")
-    experiment_name: str = Field("run", description="Run name; the wizard sets it to the recipe name.")
+    project_name: str = Field("tunecli", description="Project in the trackers of trainer.logger (wandb project, mlflow experiment).")
+    experiment_name: str = Field("run", description="Run name (and the run's name in each tracker); the wizard sets it to the recipe name.")
     total_epochs: int = Field(1, ge=1, le=MAX_STEPS, description="Passes over the training prompts.")
     total_training_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many steps (overrides epochs).")
     save_freq: int = Field(-1, ge=-1, le=MAX_STEPS, description="Checkpoint every N steps (-1: only at the end).")
