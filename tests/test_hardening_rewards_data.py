@@ -267,13 +267,14 @@ def test_a_non_finite_value_on_one_rank_stops_every_rank(tmp_path, tiny_model_di
 
     config = write_recipe(tmp_path, tiny_model_dir, "huge on rank 1")
     cmd = torchrun_cmd("-m", "tunecli.train", "--config", str(config), "launch.n_gpus_per_node=2", "launch.strategy=fsdp2",
-                       "actor.ppo_micro_batch_size_per_gpu=2")
+                       "actor.ppo_micro_batch_size_per_gpu=2", "trainer.logger=[console,tensorboard]")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env(tmp_path), cwd=tmp_path,
                             start_new_session=True)
     err = one_line(result.stderr)
     assert result.returncode != 0
     assert err.count("Training stopped at step 1: the advantage is not a finite number") == 2, err[-3000:]  # both ranks
     assert checkpoints(tmp_path) == []
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's tracker only
 
 
 # ---------------------------------------------------------------------------------------------
