@@ -110,6 +110,7 @@ BODIES = {
     "raises KeyboardInterrupt": "    if CALLS[0] > AFTER:\n        raise KeyboardInterrupt",
     "exits": "    sys.exit(3)",
     "nan": "    if CALLS[0] % 2:\n        return float('nan')",
+    "none": "    return None",  # None only means "not applicable" in the TRL contract
     "huge": "    return 1e308 if CALLS[0] % 2 else -1e308",  # finite in Python, inf in the float32 rewards
     "huge on rank 1": "    if os.environ.get('RANK') == '1':\n        return 1e308",
 }
@@ -203,6 +204,7 @@ def _train_in_process(config: Path) -> int:
 @pytest.mark.parametrize("body, expected", [
     ("exits", "failed with SystemExit: 3"),
     ("nan", "returned a non-finite number: nan"),
+    ("none", "returned a non-number: None"),
 ])
 def test_a_reward_that_exits_or_returns_nan_stops_the_run(tmp_path, tiny_model_dir, capsys, body, expected):
     code = _train_in_process(write_recipe(tmp_path, tiny_model_dir, body))
@@ -265,13 +267,14 @@ def test_a_non_finite_value_on_one_rank_stops_every_rank(tmp_path, tiny_model_di
 
     config = write_recipe(tmp_path, tiny_model_dir, "huge on rank 1")
     cmd = torchrun_cmd("-m", "tunecli.train", "--config", str(config), "launch.n_gpus_per_node=2", "launch.strategy=fsdp2",
-                       "actor.ppo_micro_batch_size_per_gpu=2")
+                       "actor.ppo_micro_batch_size_per_gpu=2", "trainer.logger=[console,tensorboard]")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env(tmp_path), cwd=tmp_path,
                             start_new_session=True)
     err = one_line(result.stderr)
     assert result.returncode != 0
     assert err.count("Training stopped at step 1: the advantage is not a finite number") == 2, err[-3000:]  # both ranks
     assert checkpoints(tmp_path) == []
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's tracker only
 
 
 # ---------------------------------------------------------------------------------------------

@@ -410,7 +410,7 @@ def test_truncated_responses_get_truncated_score(embedded_dir):
     from tunecli.config.io import recipe_from_dict
     from tunecli.trainer.data import Example, PromptSample
     from tunecli.trainer.loop import Trainer
-    from tunecli.rewards import load_reward
+    from tunecli.rewards import load_rewards
     from tunecli.trainer.rollout import Rollout
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
@@ -419,8 +419,10 @@ def test_truncated_responses_get_truncated_score(embedded_dir):
     rollout = Rollout(prompt_ids=[[1], [1]], response_ids=[four + [tokenizer.eos_token_id], four], finished=[True, False], group_size=2)
     for truncated_score, expected in ((None, [1.0, 1.0]), (0.0, [1.0, 0.0]), (-0.5, [1.0, -0.5])):
         trainer = Trainer(recipe_from_dict({}, [f"reward.truncated_score={'null' if truncated_score is None else truncated_score}"]))
-        trainer.tokenizer, trainer.reward_fn = tokenizer, load_reward("arithmetic")
-        assert trainer._score(prompts, rollout).tolist() == expected
+        trainer.tokenizer, trainer.rewards = tokenizer, load_rewards(["arithmetic"], None)
+        scores = trainer._score(prompts, rollout)
+        assert scores.total.tolist() == expected
+        assert scores.per_reward["arithmetic"] == [1.0, 1.0 if truncated_score is None else None]  # cut: not scored
 
 
 def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_model_dir):

@@ -15,6 +15,7 @@ from pathlib import Path
 from tunecli.catalog import HardwareEntry, ModelEntry, load_catalog, model_shape
 from tunecli.config.rules import batch_problems
 from tunecli.errors import TuneError, field_error
+from tunecli.config.trackers import tracker_problems
 from tunecli.rewards import reward_problems
 from tunecli.config.sizes import GiB
 from tunecli.authoring.memory import MemoryEstimate, engine_weights_per_rank, estimate, kv_bytes_per_token
@@ -134,7 +135,12 @@ def check_data(ctx: Context) -> Iterator[TuneError]:
 
 def check_reward(ctx: Context) -> Iterator[TuneError]:
     reward = ctx.recipe.reward
-    yield from reward_problems(reward.function, reward.format_pattern)
+    for text in reward.function_list():
+        yield from reward_problems(text, reward.format_pattern)
+
+
+def check_trackers(ctx: Context) -> Iterator[TuneError]:
+    yield from tracker_problems(ctx.recipe.trainer.logger)
 
 
 def check_memory(ctx: Context, report: Report) -> Iterator[TuneError]:
@@ -194,7 +200,7 @@ def check_recipe(recipe: Recipe) -> Report:
         return report
     ctx = Context(recipe, shape, hw, report.warnings)
     for check in (check_batches, check_parallelism, check_lengths, check_method, check_engine, check_data,
-                  check_reward):
+                  check_reward, check_trackers):
         report.errors.extend(check(ctx))
     report.errors.extend(check_memory(ctx, report))
     return report

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from tunecli.config.trackers import TRACKERS
+
 from tunecli.algorithms import (
     KLType,
     LossAggMode,
@@ -125,6 +127,30 @@ class RewardConfig(Section):
         description="Score of a response cut at data.max_response_length (no EOS) instead of running the reward; "
         "null scores it like any other. 0 stops short-answer tasks from drifting into rambling.",
     )
+    # -- several rewards (issue 13) --
+    functions: list[str] | None = Field(
+        None, min_length=1, max_length=64,
+        description="Several rewards, each like reward.function; when set it replaces reward.function. "
+        "The sample's reward is their weighted sum; each is logged as reward/NAME.",
+    )
+    weights: list[float] | None = Field(
+        None, description="One weight per reward in reward.functions (default 1 each), as TRL's reward_weights.",
+    )
+
+    def function_list(self) -> list[str]:
+        """The rewards a run calls: reward.functions, else reward.function alone."""
+        return list(self.functions) if self.functions else [self.function]
+
+    @model_validator(mode="after")
+    def _one_weight_per_function(self) -> RewardConfig:
+        if self.weights is not None:
+            count = len(self.function_list())
+            if len(self.weights) != count:
+                raise ValueError(f"reward.weights has {len(self.weights)} weights for {count} reward function(s); "
+                                 "give one weight per entry of reward.functions")
+            if not all(-1e6 <= w <= 1e6 for w in self.weights):  # also refuses NaN
+                raise ValueError("reward.weights must be finite numbers between -1e6 and 1e6")
+        return self
 
 
 class AlgorithmConfig(Section):
@@ -224,9 +250,12 @@ class RolloutConfig(Section):
         return value
 
 
+Tracker = Literal[TRACKERS]  # trainer.logger's names (config.trackers)
+
+
 class TrainerConfig(Section):
-    project_name: str = Field("tunecli", description="Project name (for loggers).")
-    experiment_name: str = Field("run", description="Run name; the wizard sets it to the recipe name.")
+    project_name: str = Field("tunecli", description="Project in the trackers of trainer.logger (wandb project, mlflow experiment).")
+    experiment_name: str = Field("run", description="Run name (and the run's name in each tracker); the wizard sets it to the recipe name.")
     total_epochs: int = Field(1, ge=1, le=MAX_STEPS, description="Passes over the training prompts.")
     total_training_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many steps (overrides epochs).")
     save_freq: int = Field(-1, ge=-1, le=MAX_STEPS, description="Checkpoint every N steps (-1: only at the end).")
@@ -244,6 +273,20 @@ class TrainerConfig(Section):
         None, gt=0, le=527_040,
         description="Wall-clock budget (at most a year): no new step starts unless it and the final validation fit.",
     )
+    # -- trackers (issue 13) --
+    logger: list[Tracker] = Field(
+        ["console"], description="Where metrics go besides runs/NAME/metrics.jsonl (always written): console, "
+        "tensorboard, wandb, mlflow, swanlab, trackio (verl's names).",
+    )
+    log_completions: int = Field(
+        0, ge=0, le=10_000, description="Samples per step (prompt, completion, reward, advantage) written to "
+        "runs/NAME/completions.jsonl and to the trackers that have tables; 0: none.",
+    )
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _logger_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # verl's trainer.logger=wandb
 
     @field_validator("save_freq", "test_freq")
     @classmethod

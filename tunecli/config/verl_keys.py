@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunecli.config.keys import field_info
+from tunecli.config.trackers import TRACKERS
 from tunecli.config.schema import Recipe
 from tunecli.errors import TuneError
 
@@ -148,7 +149,6 @@ UNMAPPED_REASONS = {
     "critic.": "GRPO-family algorithms have no critic",
     "reward_model.": "rewards are Python functions (reward.function), not reward models",
     "custom_reward_function.": "reward keyword arguments go in reward.kwargs",
-    "trainer.logger": "metrics go to the console and the run directory; wandb is not bundled",
     "trainer.experiment_name": "the recipe name names the run (--name)",
     "trainer.critic_warmup": "no critic",
     "trainer.default_hdfs_dir": "checkpoints stay in trainer.default_local_dir",
@@ -323,6 +323,15 @@ def _megatron_offload(key: str, value: str) -> Mapped:
     return Mapped(key, value, {target: value}, note=f"{key} is Megatron's; tunecli offloads with FSDP2 ({target}).")
 
 
+def _logger(key: str, value: str) -> Mapped:
+    """verl's trainer.logger list: the trackers tunecli has are kept, any other is reported."""
+    names = file_list(value)
+    kept = [n for n in names if n in TRACKERS]
+    other = [n for n in names if n not in TRACKERS]
+    dropped = f"no tracker {', '.join(other)} here (tunecli has {', '.join(TRACKERS)})" if other else None
+    return Mapped(key, value, {"trainer.logger": kept or ["console"]}, dropped=dropped)
+
+
 VALUE_RULES: dict[str, Callable[[str, str], Mapped | Unmapped]] = {
     "algorithm.adv_estimator": _algorithm,
     "algorithm.use_kl_in_reward": _kl_in_reward,
@@ -335,6 +344,9 @@ VALUE_RULES: dict[str, Callable[[str, str], Mapped | Unmapped]] = {
     AR + "actor.policy_loss.loss_mode": _loss_mode,
     AR + "actor.megatron.param_offload": _megatron_offload,
     AR + "actor.megatron.optimizer_offload": _megatron_offload,
+
+
+    "trainer.logger": _logger,
 }
 
 

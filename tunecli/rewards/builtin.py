@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import operator
 import re
 from collections import Counter
@@ -95,3 +96,31 @@ def make_format(pattern: str):
         return 1.0 if regex.search(completion) else 0.0
 
     return format_reward
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The contents of the last ``\boxed{...}`` (nested braces kept), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin - 1, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i]
+    return None  # never closed: no answer
+
+
+def math_boxed(prompt: str, completion: str, ground_truth: str, **extra) -> float:
+    r"""1.0 when the last \boxed{} answer equals the ground truth (math-verify: numbers, fractions, LaTeX)."""
+    from math_verify import parse, verify  # sympy behind it: loaded only when the reward is used
+
+    answer = last_boxed(completion)
+    if answer is None:
+        return 0.0
+    # No math-verify timeouts: they use SIGALRM, the timer reward.timeout_s already holds (so its
+    # warning that none is set is noise here).
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    gold = parse(f"${ground_truth}$", parsing_timeout=None)
+    found = parse(f"${answer}$", parsing_timeout=None)
+    return 1.0 if gold and found and verify(gold, found, timeout_seconds=None) else 0.0

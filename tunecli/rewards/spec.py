@@ -2,7 +2,7 @@
 
 ``tune new`` and ``tune validate`` call ``reward_problems``: a built-in name is looked up, a
 ``path/to/file.py:function`` is read and parsed with ``ast`` (the file exists, parses, defines the
-function at top level with a signature that accepts ``(prompt, completion, ground_truth)``). The
+function at top level with a signature that speaks one of the contracts in ``contracts``). The
 file is imported only when a run starts (``loader.load_reward``), which applies the same checks first.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunecli.errors import TuneError, did_you_mean, field_error
 from tunecli.rewards import builtin
+from tunecli.rewards.contracts import SIGNATURES, TUNECLI, contract_of, parameters_from_ast
 
 FIELD = "reward.function"
 # name -> function; 'format' is built from reward.format_pattern.
@@ -23,17 +24,20 @@ BUILTIN = {
     "gsm8k": builtin.gsm8k,
     "gsm8k_flexible": builtin.gsm8k_flexible,
     "countdown": builtin.countdown,
+    "math": builtin.math_boxed,
 }
 FORMAT = "format"
 BUILTIN_NAMES = (*BUILTIN, FORMAT)
-SIGNATURE = "def reward(prompt, completion, ground_truth, **kwargs) -> float"
+SIGNATURE = SIGNATURES[TUNECLI]
+CONTRACTS_HINT = "; ".join(SIGNATURES.values())
 
 
 def reward_menu() -> list[tuple[str, str]]:
     """(name, one-line description) of every choice, for `tune list rewards` and the wizard."""
     menu = [(name, (fn.__doc__ or "").strip().splitlines()[0]) for name, fn in BUILTIN.items()]
     menu.append((FORMAT, "1.0 when the completion matches reward.format_pattern (a regex)."))
-    menu.append(("custom", "Your function: path/to/file.py:function(prompt, completion, ground_truth, **kwargs)."))
+    menu.append(("custom", "Your function: path/to/file.py:function, tunecli (prompt, completion, ground_truth), "
+                           "TRL (prompts, completions) or verl compute_score(data_source, solution_str, ...)."))
     return menu
 
 
@@ -105,18 +109,12 @@ def check_reward_source(spec: RewardSpec) -> None:
         raise field_error(FIELD, spec.text, f"{spec.file} has no function '{spec.function}'"
                           f"{did_you_mean(spec.function, functions)}",
                           f"use one of {', '.join(sorted(functions)) or '(none defined)'}.")
-    if isinstance(node, ast.AsyncFunctionDef) or not _binds_three_positional(node.args):
-        raise field_error(FIELD, spec.text, "its signature does not accept (prompt, completion, ground_truth)",
-                          f"define it as {SIGNATURE}.")
-
-
-def _binds_three_positional(args: ast.arguments) -> bool:
-    """Whether ``f(prompt, completion, ground_truth)`` binds: what ``inspect.signature(f).bind`` says."""
-    positional = [*args.posonlyargs, *args.args]
-    required = len(positional) - len(args.defaults)
-    required_keyword_only = sum(default is None for default in args.kw_defaults)
-    enough = len(positional) >= 3 or args.vararg is not None
-    return enough and required <= 3 and required_keyword_only == 0
+    if isinstance(node, ast.AsyncFunctionDef):
+        raise field_error(FIELD, spec.text, "it is an async function", f"define it with plain def: {CONTRACTS_HINT}.")
+    contract, problem = contract_of(parameters_from_ast(node.args))
+    if problem:
+        raise field_error(FIELD, spec.text, problem, f"define it as {SIGNATURES[contract]} "
+                          f"(the {contract} contract; the others: {CONTRACTS_HINT}).")
 
 
 def _other_top_level_names(tree: ast.Module) -> set[str]:

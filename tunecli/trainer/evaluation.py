@@ -25,7 +25,7 @@ from tunecli.trainer.data import PromptSample, load_splits, render_prompts
 from tunecli.trainer.data.files import custom_examples, gsm8k_examples, read_rows
 from tunecli.trainer.data.synthetic import GENERATORS
 from tunecli.trainer.rollout import EngineSettings, RolloutEngine, SamplingSettings, make_engine
-from tunecli.trainer.scoring import recipe_reward, score_rollout
+from tunecli.trainer.scoring import Scores, recipe_rewards, score_rollout
 from tunecli.trainer.stopping import StopRules
 from tunecli.trainer.weights import weight_stream
 
@@ -45,12 +45,12 @@ def render_settings(recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
 
 
 def score_held_out(engine: RolloutEngine, tokenizer: Any, prompts: list[PromptSample], sampling: SamplingSettings,
-                   reward_fn: Any, truncated_score: float | None, stop: StopRules) -> torch.Tensor | None:
-    """Reward per sample ([prompts x sampling.n], prompt-major); None when a stop request abandoned it."""
+                   rewards: Any, truncated_score: float | None, stop: StopRules) -> Scores | None:
+    """The rewards of each sample ([prompts x sampling.n], prompt-major); None when a stop request abandoned it."""
     engine.wake_up()
     rollout = engine.generate([p.token_ids for p in prompts], sampling)
     engine.sleep()  # give the engine's memory back before the training passes
-    return score_rollout(reward_fn, tokenizer, prompts, rollout, truncated_score, stop)
+    return score_rollout(rewards, tokenizer, prompts, rollout, truncated_score, stop)
 
 
 # -- what TARGET names ----------------------------------------------------------------------------
@@ -168,12 +168,12 @@ def _start_engine(target: EvalTarget) -> tuple[RolloutEngine, Any]:
 def evaluate(target: EvalTarget, examples: list, samples: int = 1) -> EvalResult:
     """Greedy accuracy (a sample counts when its reward is >= 1) and, with samples > 1, pass@k and mean@k."""
     recipe = target.recipe
-    reward_fn, stop = recipe_reward(recipe.reward), StopRules(None)
+    rewards_set, stop = recipe_rewards(recipe.reward), StopRules(None)
     max_new, truncated = recipe.data.max_response_length, recipe.reward.truncated_score
     engine, tokenizer = _start_engine(target)
     try:
         prompts = render_prompts(examples, split="held-out", **render_settings(recipe, tokenizer))
-        greedy = score_held_out(engine, tokenizer, prompts, greedy_sampling(max_new), reward_fn, truncated, stop)
+        greedy = score_held_out(engine, tokenizer, prompts, greedy_sampling(max_new), rewards_set, truncated, stop).total
         result = EvalResult(target.label, len(prompts), float((greedy >= 1.0).float().mean()), float(greedy.mean()))
         if samples > 1:
             r = recipe.rollout
@@ -181,7 +181,7 @@ def evaluate(target: EvalTarget, examples: list, samples: int = 1) -> EvalResult
             # requests whose sampled token a chunked prefill discards ("CPU Generator does not use offset").
             sampling = SamplingSettings(n=samples, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                         max_new_tokens=max_new, logprobs=False)
-            rewards = score_held_out(engine, tokenizer, prompts, sampling, reward_fn, truncated, stop)
+            rewards = score_held_out(engine, tokenizer, prompts, sampling, rewards_set, truncated, stop).total
             correct = (rewards >= 1.0).float().view(len(prompts), samples)
             result.sampled = {f"pass@{samples}": float(correct.amax(1).mean()), f"mean@{samples}": float(correct.mean())}
         return result

@@ -36,8 +36,9 @@ from tunecli.trainer.passes import PassSettings, choose_pass
 from tunecli.trainer.policy import load_policy
 from tunecli.trainer.rollout import EngineSettings, Rollout, SamplingSettings, make_engine
 from tunecli.trainer.schedule import lr_lambda
-from tunecli.trainer.scoring import accuracy_counts, recipe_reward, score_rollout
+from tunecli.trainer.scoring import accuracy_counts, completion_rows, recipe_rewards, score_rollout
 from tunecli.trainer.stopping import StopRules
+from tunecli.trainer.trackers import check_available, open_trackers
 from tunecli.trainer.weights import weight_stream
 
 # What policy_loss reports, and how a step averages it (``UpdateAverages``): the loss terms are each
@@ -71,13 +72,14 @@ class Trainer:
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         self._check_batch_sizes()  # before anything slow: a bad batch size fails in a second
+        check_available(cfg.trainer.logger)  # likewise a tracker whose library is missing
         torch.manual_seed(cfg.trainer.seed)  # same LoRA init on every rank
         random.seed(cfg.trainer.seed + self.dist.rank)
         # Locked (and cleared, when starting over) before anything slow: a busy or unwritable run
         # directory fails in a second, and two runs never write one directory at once.
         self.run_dir, self.lock = rundir.claim(cfg, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock)
         self.memory = PeakMemory().start()
-        self.reward_fn = recipe_reward(cfg.reward)
+        self.rewards = recipe_rewards(cfg.reward)
         self.splits = load_splits(cfg.data, cfg.trainer.seed)  # data errors before the slow model load
         self._setup_model()
         self._setup_data()
@@ -85,7 +87,9 @@ class Trainer:
         settings = EngineSettings.from_recipe(cfg, self.policy.model_path)
         self.engine = make_engine(settings, self.policy.model, self.tokenizer)
         self._resume_or_start()
-        self.logger = MetricsLogger(self.run_dir, self.total_steps, self.step, enabled=distributed.is_main())
+        t = cfg.trainer
+        trackers = open_trackers(t.logger, t.project_name, t.experiment_name, self.run_dir, dump_recipe(cfg)) if distributed.is_main() else []
+        self.logger = MetricsLogger(self.run_dir, self.total_steps, self.step, distributed.is_main(), trackers, console="console" in t.logger)
         self.stop.install_signal_handlers()
 
     def _check_batch_sizes(self) -> None:
@@ -159,6 +163,7 @@ class Trainer:
                 self.step += 1
                 self.stop.step_done(metrics["timing/step_s"])
                 self.logger.log(self.step, metrics)
+                self.logger.log_completions(self.step, self.completions)
                 last = self.step == self.total_steps
                 if cfg.test_freq > 0 and self.step % cfg.test_freq == 0 and not last:
                     self.validate()
@@ -188,11 +193,13 @@ class Trainer:
         num_mini = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
         prompts = distributed.shard_groups(self.sampler.next_batch(), 1, chunks=num_mini)
         rollout = self._generate(prompts, self._train_sampling())
-        rewards = self._score(prompts, rollout)  # [N]; None: a stop request abandoned a reward call
+        scores = self._score(prompts, rollout)  # None: a stop request abandoned a reward call
         t_rollout = now() - t_start
         if self.stop.should_stop():
             return None
+        rewards = scores.total  # [N], the weighted sum of the reward functions
         advantages, active, varied = self._advantages(rewards, rollout)  # [N], [N], [B_local]
+        self.completions = completion_rows(scores, prompts, rollout, advantages, cfg.trainer.log_completions)
 
         t_train = now()
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's updates use
@@ -208,6 +215,7 @@ class Trainer:
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
             "reward/acc": (rewards >= 1.0).float().mean().item(),
+            **scores.metrics(),  # reward/NAME per function, timing/reward_s
             "groups/zero_variance_frac": 1.0 - varied.float().mean().item(),
             "response/length": lengths.mean().item(),
             "response/truncated_frac": 1.0 - sum(rollout.finished) / len(rollout),
@@ -241,9 +249,9 @@ class Trainer:
         self.engine.sleep()  # give the engine's memory back before the training passes
         return rollout
 
-    def _score(self, prompts: list[PromptSample], rollout: Rollout) -> torch.Tensor | None:
-        """Reward per sample, [N]; None when a stop request abandoned it (``scoring.score_rollout``)."""
-        return score_rollout(self.reward_fn, self.tokenizer, prompts, rollout, self.recipe.reward.truncated_score, self.stop)
+    def _score(self, prompts: list[PromptSample], rollout: Rollout):
+        """``scoring.Scores``; None when a stop request abandoned it (``scoring.score_rollout``)."""
+        return score_rollout(self.rewards, self.tokenizer, prompts, rollout, self.recipe.reward.truncated_score, self.stop)
 
     def _advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advantage per sample [N], which samples train [N] (bool), which groups' rewards differ [B]."""
@@ -372,9 +380,9 @@ class Trainer:
         t0 = now()
         prompts = self.val_samples[self.dist.rank :: self.dist.world_size]
         # The one scoring path `tune eval` shares: its numbers for a checkpoint are these.
-        rewards = score_held_out(self.engine, self.tokenizer, prompts, greedy_sampling(self.recipe.data.max_response_length),
-                                 self.reward_fn, self.recipe.reward.truncated_score, self.stop) if prompts else torch.zeros(0)
-        counts = accuracy_counts(rewards)  # [4]
+        scores = score_held_out(self.engine, self.tokenizer, prompts, greedy_sampling(self.recipe.data.max_response_length),
+                                self.rewards, self.recipe.reward.truncated_score, self.stop) if prompts else None
+        counts = accuracy_counts(scores, empty=not prompts)  # [4]
         correct, total, reward_sum, abandoned = distributed.all_reduce_sum_tensor(counts).tolist()  # one collective
         if abandoned:  # a stop request abandoned a reward call: no accuracy from part of the prompts
             return {}

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from tunecli import console
+from tunecli.trainer import summary
 
 GIB = 1024**3
 
@@ -104,12 +105,19 @@ def live_line(step: int, total: int, m: dict[str, float]) -> str:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
+    """metrics.jsonl (always), the console's live line (``console``), the trackers of trainer.logger
+    and completions.jsonl (trainer.log_completions): everything a step reports goes through ``log``."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
+                 trackers: list[Any] | None = None, console: bool = True):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.completions_path = Path(run_dir) / "completions.jsonl"
         self.total = total_steps
         self.history: list[dict[str, Any]] = []
         self.progress = None
+        self.trackers = trackers or []
+        self.console = console
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,29 +138,14 @@ class MetricsLogger:
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop lines of steps after the checkpoint (they are re-run); a fresh run starts empty."""
-        if not self.path.is_file():
-            return
         if step == 0:  # step 0 is re-run whole (validation included)
-            self.path.unlink()
+            for path in (self.path, self.completions_path):
+                path.unlink(missing_ok=True)
             return
         finished = step == self.total  # a finished run started again runs its final validation again
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            at = record.get("step", 0)
-            if at < step or (at == step and not (finished and "val/acc" in record)):
-                kept.append(record)
-        self.history = kept
-        # A new file renamed over the old one: a kill mid-rewrite leaves the old lines or the new, whole.
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        self.history = _rewrite_kept(self.path, lambda at, record: at < step or (
+            at == step and not (finished and "val/acc" in record)))
+        _rewrite_kept(self.completions_path, lambda at, record: at <= step)
 
     def __enter__(self) -> MetricsLogger:
         if self.progress:
@@ -162,6 +155,9 @@ class MetricsLogger:
     def __exit__(self, *exc) -> None:
         if self.progress:
             self.progress.stop()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def log(self, step: int, metrics: dict[str, float], show: bool = True) -> None:
         if not self.enabled:
@@ -170,50 +166,45 @@ class MetricsLogger:
         self.history.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if show and self.progress:
+        for tracker in self.trackers:
+            tracker.log(step, {k: v for k, v in record.items() if k != "step"})
+        if show and self.progress and self.console:
             self.progress.update(self.task, completed=step, description="")
             self.progress.console.print(live_line(step, self.total, metrics), highlight=False, soft_wrap=True)
+
+    def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """A step's sample completions: completions.jsonl, and a table in each tracker."""
+        if not self.enabled or not rows:
+            return
+        rows = [{"step": step, **row} for row in rows]
+        with self.completions_path.open("a") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
+        for tracker in self.trackers:
+            tracker.table(step, rows)
 
     def print(self, text) -> None:
         if self.progress:  # the main rank's
             self.progress.console.print(text, highlight=False)
 
     # -- end of run -----------------------------------------------------------------------------
-    def summary_rows(self, extra: dict[str, str]) -> list[list[str]]:
-        train = [r for r in self.history if "reward/mean" in r]
-        val = [r for r in self.history if "val/acc" in r]
-        rows = []
-        if train:
-            first, last = train[0], train[-1]
-            rows.append(["train reward (first -> last step)", f"{first['reward/mean']:.3f} -> {last['reward/mean']:.3f}"])
-        if val:
-            rows.append(["held-out accuracy (first -> last)", f"{val[0]['val/acc']:.3f} -> {val[-1]['val/acc']:.3f}"])
-        if train:
-            mean = lambda k: sum(r.get(k, 0.0) for r in train) / len(train)  # noqa: E731
-            rows.append(["mean step time", f"{mean('timing/step_s'):.1f} s (rollout {mean('timing/rollout_s'):.1f} s, train {mean('timing/train_s'):.1f} s)"])
-            rows.append(["mean generated tokens/s", f"{mean('perf/tokens_per_s'):.0f}"])
-        rows += [[k, v] for k, v in extra.items()]
-        return rows
-
-    def write_summary(self, name: str, run_dir: Path, *, peak_gib: float, steps: int) -> None:
-        """The end-of-run table on the console, reward.png and summary.json (main rank only)."""
+    def write_summary(self, name: str, run_dir: Path, *, peak_gib: float, steps: int) -> dict[str, Any] | None:
+        """summary.json (numbers with units), the same numbers as a table on the console, reward.png."""
         if not self.enabled:
-            return
+            return None
         from rich.table import Table
 
         plot = self.plot(run_dir / "reward.png")
-        extra = {"peak memory (RSS, all processes)": f"{peak_gib:.2f} GiB", "run directory": str(run_dir)}
-        if plot:
-            extra["reward curve"] = str(plot)
+        files = {"run directory": str(run_dir), **({"reward curve": str(plot)} if plot else {})}
+        numbers = summary.summarize(self.history, steps=steps, peak_gib=peak_gib)
         table = Table(title=f"GRPO run summary: {name}", show_header=False)
         table.add_column("")
         table.add_column("")
-        rows = self.summary_rows(extra)
-        for row in rows:
+        for row in summary.summary_rows(numbers, files):
             table.add_row(*row)
         self.print(table)
-        summary = {r[0]: r[1] for r in rows} | {"peak_rss_gib": round(peak_gib, 3), "steps": steps}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        record = summary.summary_json(name, str(run_dir), numbers, files)
+        (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
+        return record
 
     def plot(self, out: Path) -> Path | None:
         """reward.png: train reward per step and held-out accuracy."""
@@ -239,6 +230,28 @@ class MetricsLogger:
         fig.savefig(out, dpi=110)
         plt.close(fig)
         return out
+
+
+def _rewrite_kept(path: Path, keep) -> list[dict[str, Any]]:
+    """Keep the JSON lines of ``path`` for which ``keep(step, record)``; a line cut short by a kill is dropped."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if keep(record.get("step", 0), record):
+            kept.append(record)
+    # A new file renamed over the old one: a kill mid-rewrite leaves the old lines or the new, whole.
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return kept
 
 
 def now() -> float:
