@@ -93,7 +93,8 @@ def test_summary_table_has_no_empty_header_row(tmp_path):
             logger.write_summary("x", tmp_path, peak_gib=1.0, steps=1)
     lines = captured.get().splitlines()
     header = next(i for i, line in enumerate(lines) if "GRPO run summary" in line)
-    assert "train reward" in lines[header + 2]  # the top border, then the first row: no empty header
+    first_row = lines[header + 2]  # the top border, then the first row: no empty header
+    assert "steps trained" in first_row and "1" in first_row
 
 
 @pytest.mark.slow

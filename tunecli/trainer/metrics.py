@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from tunecli import console
+from tunecli import console as product_console
 from tunecli.trainer import summary
 
 GIB = 1024**3
@@ -132,7 +132,7 @@ class MetricsLogger:
             TimeRemainingColumn(),
             TextColumn("{task.description}"),
             transient=False,
-            console=console.out,  # the product's console: lines never fold when sent to a file
+            console=product_console.out,  # the product's console: lines never fold when sent to a file
         )
         self.task = self.progress.add_task("", total=total_steps, completed=start_step)
 
