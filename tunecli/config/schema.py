@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from tunecli.config.sizes import billions
 from tunecli.algorithms import (
     KLType,
     LossAggMode,
@@ -82,11 +83,27 @@ class ModelConfig(Section):
         "float32", description="Dtype of the trained weights (float32 is fastest on CPUs without AMX)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only).")
+    # Models by hub id (issue 12): the revision every loader uses, and a size when the shape is unknown here.
+    revision: str | None = Field(
+        None, description="Hub revision of model.path (branch, tag or commit) for every loader; null: main."
+    )
+    size: str | None = Field(
+        None, description="Parameter count such as 8B or 500M, for the memory estimate when the model's "
+        "config.json cannot be read where the recipe is written (offline, a cluster path); null: read it.",
+    )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto",
         description="Attention kernel of the trained model: auto = eager on the CPU for sequences up to 1024 "
         "tokens (measured 26% faster bf16 training passes than sdpa at 100 tokens), sdpa otherwise.",
     )
+
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            billions(value)  # its ValueError names the value and the form
+        return value
 
 
 class DataConfig(Section):

@@ -68,6 +68,29 @@ def chat_messages(example: Example, system_prompt: str | None) -> list[dict[str,
     return messages
 
 
+def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system message folded into the first user turn, for templates without a system role (Gemma 2)."""
+    if not messages or messages[0].get("role") != "system" or len(messages) < 2:
+        return [{"role": "user", "content": m["content"]} if m.get("role") == "system" else m for m in messages]
+    first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+    return [first, *messages[2:]]
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt as the model sees it: its chat template (system merged where the template refuses a
+    system role), or plain paragraphs for a base model without a template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        if messages[0].get("role") != "system":
+            raise
+        return tokenizer.apply_chat_template(merge_system(messages), tokenize=False, add_generation_prompt=True)
+
+
 def render_prompts(
     examples: list[Example],
     tokenizer: Any,
@@ -80,11 +103,7 @@ def render_prompts(
     """Chat-template each example; over-long prompts are dropped (filter) or refused (TuneError)."""
     samples = []
     for ex in examples:
-        messages = chat_messages(ex, system_prompt)
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:  # base models without a template: plain text, one message per paragraph
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        text = prompt_text(tokenizer, chat_messages(ex, system_prompt))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_length:
             if filter_overlong:
