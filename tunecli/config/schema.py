@@ -110,10 +110,22 @@ class DataConfig(Section):
     dataset: str = Field(
         "arithmetic", description="Dataset: arithmetic, countdown (generated, seeded), gsm8k, or custom."
     )
-    train_files: str | None = Field(None, description="Train file (.jsonl or .parquet) for gsm8k/custom.")
-    val_files: str | None = Field(None, description="Held-out file (.jsonl or .parquet) for gsm8k/custom.")
-    prompt_key: str = Field("question", description="Column holding the prompt text (custom datasets).")
-    answer_key: str = Field("answer", description="Column holding the ground truth (custom datasets).")
+    train_files: str | None = Field(
+        None, description="Training data for gsm8k/custom: a hub dataset, a .jsonl/.json/.csv/.parquet file or a "
+        "save_to_disk folder.",
+    )
+    val_files: str | None = Field(None, description="Held-out data (the same kinds as data.train_files).")
+    # Any dataset through `datasets` (issue 12): column names as verl's, hub subsets and splits.
+    prompt_key: str | None = Field(
+        None, description="Column holding the prompt (text or chat messages); null: prompt, question or problem."
+    )
+    answer_key: str | None = Field(
+        None, description="Column holding the ground truth (a.b reads into a struct); null: reward_model.ground_truth, "
+        "answer, solution or ground_truth. The other columns reach the reward as keyword arguments.",
+    )
+    subset: str | None = Field(None, description="Hub dataset subset (its config name), e.g. main for openai/gsm8k.")
+    split: str = Field("train", description="Split of data.train_files (a hub dataset or a save_to_disk folder).")
+    val_split: str = Field("test", description="Split of data.val_files (a hub dataset or a save_to_disk folder).")
     difficulty: int = Field(1, ge=1, le=5, description="Synthetic datasets: 1 (easy) to 5 (hard).")
     train_size: int = Field(2000, ge=1, le=100_000_000, description="Synthetic datasets: number of training prompts.")
     val_size: int = Field(64, ge=1, le=10_000_000, description="Held-out prompts used for validation accuracy.")
