@@ -10,13 +10,13 @@ import importlib.util
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tunecli.catalog import HardwareEntry, ModelEntry, load_catalog, lookup_shape, shape_for_size
 from tunecli.config.rules import batch_problems
 from tunecli.errors import TuneError, field_error
 from tunecli.rewards import reward_problems
 from tunecli.config.sizes import GiB, billions
+from tunecli.authoring.datacheck import data_problems
 from tunecli.authoring.memory import MemoryEstimate, engine_weights_per_rank, estimate, kv_bytes_per_token
 from tunecli.config.schema import Recipe
 
@@ -111,25 +111,7 @@ def check_engine(ctx: Context) -> Iterator[TuneError]:
 
 
 def check_data(ctx: Context) -> Iterator[TuneError]:
-    d = ctx.recipe.data
-    entry = load_catalog().find("datasets", d.dataset)
-    if entry is None:
-        yield field_error("data.dataset", d.dataset, "unknown dataset",
-                          f"use one of {', '.join(load_catalog().names('datasets'))}.")
-        return
-    if entry.kind == "file":
-        if not d.train_files:
-            yield field_error("data.train_files", None, f"dataset {d.dataset} reads a file", "pass --dataset path/to/train.jsonl "
-                              "or --set data.train_files=PATH.")
-        for key in ("train_files", "val_files"):
-            path = getattr(d, key)
-            if path and not Path(path).expanduser().exists():
-                msg = f"data.{key} '{path}' does not exist here"
-                if ctx.hw.kind == "cpu":
-                    yield field_error(f"data.{key}", path, "the file does not exist (a CPU recipe runs on this machine)",
-                                      "give the path of an existing .jsonl or .parquet file.")
-                else:
-                    ctx.warnings.append(msg + "; make sure it exists where the recipe runs.")
+    yield from data_problems(ctx.recipe, ctx.hw.kind, ctx.warnings)
 
 
 def check_reward(ctx: Context) -> Iterator[TuneError]:

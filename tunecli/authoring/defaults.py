@@ -17,6 +17,7 @@ from typing import Any
 
 from tunecli.catalog import PresetEntry, deep_merge, load_catalog, lookup_shape
 from tunecli.config.sizes import billions
+from tunecli.data.source import is_local
 from tunecli.errors import TuneError
 from tunecli.config.keys import get_path, put_path
 from tunecli.config.io import apply_overrides, recipe_from_dict
@@ -186,13 +187,19 @@ def _named_entry(menu: str, name: str, flag: str, custom_needs: str):
 
 def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
     entry = load_catalog().find("datasets", dataset)
-    if entry is None and (Path(dataset).suffix in (".jsonl", ".parquet", ".json") or Path(dataset).exists()):
+    if entry is None and (is_local(dataset) or "/" in dataset):
         path = Path(dataset).expanduser()
+        local = is_local(dataset)
         train = str(path.resolve()) if path.exists() else dataset
-        # A GSM8K file (original jsonl or verl parquet) keeps the gsm8k loader and reward.
-        is_gsm8k = "gsm8k" in str(path).lower()
+        # GSM8K (original jsonl, verl parquet, or openai/gsm8k on the Hub) keeps the gsm8k loader and reward.
+        is_gsm8k = "gsm8k" in dataset.lower()
         put_path(data, "data.dataset", "gsm8k" if is_gsm8k else "custom")
         put_path(data, "data.train_files", train)
+        if not local:  # a hub dataset: its test split is held out
+            put_path(data, "data.val_files", dataset)
+            if is_gsm8k and not get_path(data, "data.subset"):
+                put_path(data, "data.subset", "main")  # openai/gsm8k has two subsets: main and socratic
+            return
         test = next((p for p in (path.with_name(f"test{path.suffix}"),) if p != path and p.exists()), None)
         if is_gsm8k and test is not None:
             put_path(data, "data.val_files", str(test.resolve()))

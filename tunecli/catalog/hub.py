@@ -31,11 +31,16 @@ def hub_offline() -> bool:
 
 def cached_config(repo_id: str, revision: str | None) -> Path | None:
     """config.json of ``repo_id`` at ``revision`` (a branch, tag or commit) in the local HF cache."""
+    return cached_file(repo_id, CONFIG, revision)
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a hub model in the local HF cache (the snapshot refs/<revision> names), or None."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
     try:
-        found = try_to_load_from_cache(repo_id, CONFIG, revision=revision)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
     except HFValidationError:  # not a valid repo id at all
         return None
     return Path(found) if isinstance(found, str) else None

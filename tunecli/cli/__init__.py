@@ -23,9 +23,9 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `tune --help` stays fast; heavy libraries load inside each command.
-    from tunecli.cli import export, list as list_cmd, new, run, train, validate
+    from tunecli.cli import data, export, list as list_cmd, new, run, train, validate
 
-    for module in (list_cmd, new, validate, run, train, export):
+    for module in (list_cmd, new, validate, run, train, export, data):
         module.register(app)
 
 

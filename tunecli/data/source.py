@@ -17,9 +17,13 @@ FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parque
 KINDS = "a hub dataset name (org/name), a .json/.jsonl/.csv/.parquet file, or a save_to_disk folder"
 
 
-class Unreachable(TuneError):
-    """A hub dataset that cannot be read from this machine (offline and not cached): fine where the
-    recipe runs elsewhere, a refusal where it runs here."""
+class NotHere(TuneError):
+    """Data this machine cannot see (a missing local path, a hub dataset offline and not cached): fine
+    where the recipe runs elsewhere, a refusal where it runs here."""
+
+
+class Unreachable(NotHere):
+    """A hub dataset that is not in the local cache while the Hub cannot be reached."""
 
 
 def is_local(spec: str) -> bool:
@@ -50,7 +54,7 @@ def open_table(spec: str, field: str, *, split: str | None, subset: str | None, 
     """A ``datasets.Dataset`` (or, for a .jsonl file whose columns `datasets` cannot type, its Rows)."""
     path = Path(spec).expanduser()
     if is_local(spec) and not path.exists():
-        raise TuneError(f"{field} = '{spec}' does not exist. Fix: point it at {KINDS}{make_hint}.", field=field)
+        raise NotHere(f"{field} = '{spec}' does not exist. Fix: point it at {KINDS}{make_hint}.", field=field)
     if path.is_file() and path.suffix.lower() not in FORMATS:
         raise TuneError(f"{field} = '{spec}': {path.suffix or 'a file without a suffix'} is not a data format read here. "
                         f"Fix: use {KINDS} (convert the file).", field=field)
@@ -94,6 +98,9 @@ def _failure(e: Exception, spec: str, path: Path, field: str, split: str | None,
     if isinstance(e, ValueError) and "Unknown split" in text:
         splits = text.split("Should be one of", 1)[-1].strip(" .[]").replace("'", "")
         raise _split_error(spec, field, split or "train", [s.strip() for s in splits.split(",")]) from None
+    if isinstance(e, ValueError) and "corresponds to no data" in text:
+        raise TuneError(f"{field} = '{spec}': its split {split or 'train'!r} has no rows. Fix: point it at data with "
+                        "rows in it or choose another split (data.split / data.val_split).", field=field) from None
     if isinstance(e, ValueError) and "Config name is missing" in text:
         configs = text.split("among the available configs:", 1)[-1].split("Example")[0].strip(" .[]").replace("'", "")
         raise TuneError(f"data.subset = None: the hub dataset '{spec}' has several subsets ({configs}). "
@@ -103,7 +110,8 @@ def _failure(e: Exception, spec: str, path: Path, field: str, split: str | None,
             f"{field} = '{spec}': this hub dataset is not in the local Hugging Face cache and the Hub cannot be reached "
             f"from here ({text[:160]}). Fix: on a machine with network run `hf download {spec} --repo-type dataset "
             f"--local-dir DIR` and set {field}=DIR, or load it once there with datasets.load_dataset('{spec}'"
-            + (f", '{subset}'" if subset else "") + ") to fill the cache (for GSM8K: `tune data gsm8k`).",
+            + (f", '{subset}'" if subset else "") + ") to fill the cache"
+            + (" (or use the local files `tune data gsm8k` writes)." if field.startswith("data.") and "gsm8k" in spec.lower() else "."),
             field=field) from None
     if "doesn't exist on the Hub" in text or type(e).__name__ == "DatasetNotFoundError":
         raise TuneError(f"{field} = '{spec}': no such dataset, neither a local path nor on the Hub. Fix: give {KINDS}.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from tunecli.data.chat import chat_messages, merge_system
 from tunecli.data.splits import FILE_DATASETS, file_splits, hold_out_tail
 from tunecli.errors import TuneError, did_you_mean
 from tunecli.trainer.data.synthetic import GENERATORS, generate_splits
@@ -31,21 +32,6 @@ def load_splits(data, seed: int) -> tuple[list[Example], list[Example]]:
             field="data.dataset",
         )
     return file_splits(data)
-
-
-def chat_messages(example: Example, system_prompt: str | None) -> list[dict[str, str]]:
-    messages = list(example.prompt) if isinstance(example.prompt, list) else [{"role": "user", "content": example.prompt}]
-    if system_prompt and messages[0].get("role") != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
-
-
-def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The system message folded into the first user turn, for templates without a system role (Gemma 2)."""
-    if not messages or messages[0].get("role") != "system" or len(messages) < 2:
-        return [{"role": "user", "content": m["content"]} if m.get("role") == "system" else m for m in messages]
-    first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
-    return [first, *messages[2:]]
 
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
