@@ -199,3 +199,9 @@ def test_gsm8k_presets_say_which_command_makes_their_data(tmp_path):
     os.chdir(tmp_path)  # no data/gsm8k here
     result = tune("new", "--preset", "qwen2.5-1.5b_grpo-lora_1_h100_fsdp_vllm", "--yes", "--dry-run")
     assert result.exit_code == 0 and "tune data gsm8k --out data/gsm8k" in flat(result.output)
+
+
+def test_columns_named_like_reward_arguments_stay_out_of_the_keyword_arguments(tmp_path):
+    rows = [{"question": "Q", "answer": "1", "ground_truth": "other", "completion": "x", "level": 3}] * 3
+    train, _ = load_splits(DataConfig(dataset="custom", train_files=str(_write(tmp_path / "d.jsonl", rows)), val_size=1), 0)
+    assert train[0].extra == {"level": 3}  # reward(prompt, completion, ground_truth, **extra) cannot collide

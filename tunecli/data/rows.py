@@ -107,7 +107,8 @@ def verl_example(rows: Rows, i: int) -> Example:
     extra = {k: v for k, v in row.items() if k not in ("prompt", "reward_model", "extra_info")}
     extra.update(row.get("extra_info") or {})
     extra["data_source"] = row.get("data_source")
-    return Example(prompt=list(row["prompt"]), ground_truth=str(row["reward_model"].get("ground_truth")), extra=extra)
+    return Example(prompt=list(row["prompt"]), ground_truth=str(row["reward_model"].get("ground_truth")),
+                   extra=reward_kwargs(extra))
 
 
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
@@ -140,6 +141,14 @@ def _check_gsm8k_row(rows: Rows, i: int) -> None:
     if "####" not in row["answer"]:
         raise rows.error(i, f"column 'answer' has no final answer after '####' ({_short(row['answer'])})",
                          f"end each answer with '#### <number>' as GSM8K does; {other_columns}.")
+
+
+# A reward is called as reward(prompt, completion, ground_truth, **extra): columns with those names stay out.
+REWARD_ARGUMENTS = ("prompt", "completion", "ground_truth")
+
+
+def reward_kwargs(columns: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in columns.items() if k not in REWARD_ARGUMENTS}
 
 
 # verl's names first: data.prompt_key defaults to 'prompt'; the ground truth to reward_model.ground_truth.
@@ -189,6 +198,6 @@ def custom_examples(rows: Rows, prompt_key: str | None, answer_key: str | None) 
         if problem:
             raise rows.error(i, f"the prompt (column {prompt_key!r}, data.prompt_key) {problem}",
                              "fix that row or remove it, or set data.prompt_key to the column that holds the prompts.")
-        extra = {k: v for k, v in row.items() if k not in (prompt_key, top_answer)}
+        extra = reward_kwargs({k: v for k, v in row.items() if k not in (prompt_key, top_answer)})
         out.append(Example(prompt=row[prompt_key], ground_truth=str(column(row, answer_key)[1]), extra=extra))
     return out
