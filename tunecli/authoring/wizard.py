@@ -97,10 +97,10 @@ def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     c.nodes = int(ask(questionary.text("Nodes", default=str(current.launch.nnodes), validate=_positive_int)))
     c.engine = _select("Rollout engine", _described(cat.engines), current.rollout.name)
     datasets = _described([d for d in cat.datasets if d.name != "custom"])
-    ds = _select("Dataset", [*datasets, (OTHER, "(file: type the path of a .jsonl/.parquet)")],
+    ds = _select("Dataset", [*datasets, (OTHER, "(your data: a .jsonl/.json/.csv/.parquet file, a folder or a hub dataset)")],
                  current.data.dataset if current.data.dataset != "custom" else OTHER)
     if ds == OTHER:
-        ds = ask(questionary.text("Dataset file", default=current.data.train_files or ""))
+        ds = ask(questionary.text("Dataset file, folder or hub name", default=current.data.train_files or ""))
     c.dataset = ds
     entry_ds = cat.find("datasets", ds)
     default_reward = (entry_ds.default_reward if entry_ds else None) or current.reward.function
