@@ -10,14 +10,14 @@ import importlib.util
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tunecli.catalog import HardwareEntry, ModelEntry, load_catalog, model_shape
+from tunecli.catalog import HardwareEntry, ModelEntry, load_catalog, lookup_shape, shape_for_size
 from tunecli.config.rules import batch_problems
 from tunecli.errors import TuneError, field_error
 from tunecli.config.trackers import tracker_problems
 from tunecli.rewards import reward_problems
-from tunecli.config.sizes import GiB
+from tunecli.config.sizes import GiB, billions
+from tunecli.authoring.datacheck import data_problems
 from tunecli.authoring.memory import MemoryEstimate, engine_weights_per_rank, estimate, kv_bytes_per_token
 from tunecli.config.schema import Recipe
 
@@ -35,7 +35,7 @@ class Report:
 @dataclass
 class Context:
     recipe: Recipe
-    shape: ModelEntry
+    shape: ModelEntry | None  # None: unknown here (offline, a cluster path) and no model.size given
     hw: HardwareEntry
     warnings: list[str]
 
@@ -67,7 +67,7 @@ def check_parallelism(ctx: Context) -> Iterator[TuneError]:
     elif ctx.hw.kind == "cpu" and tp > 1:
         yield field_error("rollout.tensor_model_parallel_size", tp, "vLLM on a CPU runs one engine per process",
                           "set rollout.tensor_model_parallel_size=1.")
-    elif ctx.shape.heads % tp:
+    elif ctx.shape is not None and ctx.shape.heads % tp:
         yield field_error("rollout.tensor_model_parallel_size", tp, f"the model's {ctx.shape.heads} attention heads "
                           "do not split evenly over the tensor-parallel ranks",
                           f"use a divisor of {ctx.shape.heads} that divides the GPU count.")
@@ -80,7 +80,7 @@ def check_lengths(ctx: Context) -> Iterator[TuneError]:
         yield field_error("rollout.max_model_len", r.max_model_len, f"shorter than max_prompt_length + "
                           f"max_response_length ({r.data.max_prompt_length} + {r.data.max_response_length} = {total})",
                           f"raise it to {total} or shorten data.max_response_length.")
-    if r.max_model_len > ctx.shape.max_position:
+    if ctx.shape is not None and r.max_model_len > ctx.shape.max_position:
         yield field_error("rollout.max_model_len", r.max_model_len, f"the model '{r.model.path}' handles at most "
                           f"{ctx.shape.max_position} tokens", "shorten data.max_prompt_length / data.max_response_length.")
 
@@ -112,25 +112,7 @@ def check_engine(ctx: Context) -> Iterator[TuneError]:
 
 
 def check_data(ctx: Context) -> Iterator[TuneError]:
-    d = ctx.recipe.data
-    entry = load_catalog().find("datasets", d.dataset)
-    if entry is None:
-        yield field_error("data.dataset", d.dataset, "unknown dataset",
-                          f"use one of {', '.join(load_catalog().names('datasets'))}.")
-        return
-    if entry.kind == "file":
-        if not d.train_files:
-            yield field_error("data.train_files", None, f"dataset {d.dataset} reads a file", "pass --dataset path/to/train.jsonl "
-                              "or --set data.train_files=PATH.")
-        for key in ("train_files", "val_files"):
-            path = getattr(d, key)
-            if path and not Path(path).expanduser().exists():
-                msg = f"data.{key} '{path}' does not exist here"
-                if ctx.hw.kind == "cpu":
-                    yield field_error(f"data.{key}", path, "the file does not exist (a CPU recipe runs on this machine)",
-                                      "give the path of an existing .jsonl or .parquet file.")
-                else:
-                    ctx.warnings.append(msg + "; make sure it exists where the recipe runs.")
+    yield from data_problems(ctx.recipe, ctx.hw.kind, ctx.warnings)
 
 
 def check_reward(ctx: Context) -> Iterator[TuneError]:
@@ -145,6 +127,8 @@ def check_trackers(ctx: Context) -> Iterator[TuneError]:
 
 def check_memory(ctx: Context, report: Report) -> Iterator[TuneError]:
     r, shape = ctx.recipe, ctx.shape
+    if shape is None:
+        return
     mem = estimate(r, shape, ctx.hw)
     report.memory = mem
     if r.rollout.name == "vllm" and ctx.hw.kind == "gpu":
@@ -188,13 +172,30 @@ def _memory_fixes(r: Recipe, hw: HardwareEntry, mem: MemoryEstimate) -> list[str
     return fixes
 
 
+def model_shape_or_warning(recipe: Recipe, warnings: list[str]) -> ModelEntry | None:
+    """The model's shape for the estimate; unknown here, model.size stands in, else a warning says how to give it."""
+    model = recipe.model
+    shape, reason = lookup_shape(model.path, model.revision)
+    if shape is not None:
+        return shape
+    if model.size:
+        stand_in = shape_for_size(billions(model.size))
+        warnings.append(f"model.path '{model.path}': config.json cannot be read here ({reason}); the memory estimate "
+                        f"uses model.size {model.size} with {stand_in.description}.")
+        return stand_in
+    warnings.append(f"model.path '{model.path}': config.json cannot be read here ({reason}), so the memory estimate "
+                    f"is unknown and skipped. Give the size with --model-size 8B (model.size in the YAML), or write the "
+                    f"recipe where the model can be read (hf download {model.path} config.json).")
+    return None
+
+
 def check_recipe(recipe: Recipe) -> Report:
     """Run every check; the report holds all refusals (not just the first) and the memory estimate."""
     report = Report()
     cat = load_catalog()
     try:
         hw = cat.get("hardware", recipe.launch.hardware, field="launch.hardware")
-        shape = model_shape(recipe.model.path)
+        shape = model_shape_or_warning(recipe, report.warnings)
     except TuneError as e:
         report.errors.append(e)
         return report

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tunecli.catalog import PresetEntry, deep_merge, load_catalog, model_shape
+from tunecli.catalog import PresetEntry, deep_merge, load_catalog, lookup_shape
+from tunecli.config.sizes import billions
+from tunecli.data.source import is_local
 from tunecli.errors import TuneError
 from tunecli.config.keys import get_path, put_path
 from tunecli.config.io import apply_overrides, recipe_from_dict
@@ -73,6 +76,7 @@ class Choices:
     reward: str | None = None
     name: str | None = None
     launcher: str | None = None
+    model_size: str | None = None  # model.size: when the model's shape cannot be read here
     sets: list[str] = field(default_factory=list)
 
     @classmethod
@@ -115,12 +119,24 @@ def nearest_preset(params: int, method: str, kind: str) -> PresetEntry:
     return min(pool, key=lambda t: t[0])[1]
 
 
-def suggest(model: str, hardware: str, method: str, world: int) -> dict[str, Any]:
+def size_hint(model: str, size: str | None, kind: str) -> int:
+    """Parameters of a model whose shape is unknown here: model.size, a size in its name (Qwen3-8B-Base),
+    else a middle guess for the device kind (the check's warning says the estimate is unknown)."""
+    found = re.search(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[bB](?![a-zA-Z])", model.rsplit("/", 1)[-1])
+    if size:
+        return int(billions(size) * 1e9)
+    if found:
+        return int(float(found.group(1)) * 1e9)
+    return int(7e9 if kind == "gpu" else 0.135e9)
+
+
+def suggest(model: str, hardware: str, method: str, world: int, *, revision: str | None = None,
+            size: str | None = None) -> dict[str, Any]:
     """Tunable values for this model size, method and hardware (nested partial recipe)."""
     cat = load_catalog()
     hw = cat.get("hardware", hardware, field="--gpu-type")
-    shape = model_shape(model)
-    ref = nearest_preset(shape.params, method, hw.kind)
+    shape, _ = lookup_shape(model, revision)
+    ref = nearest_preset(shape.params if shape else size_hint(model, size, hw.kind), method, hw.kind)
     out: dict[str, Any] = {}
     for section, keys in _SHAPE_KEYS.items():
         for k in keys:
@@ -129,7 +145,8 @@ def suggest(model: str, hardware: str, method: str, world: int) -> dict[str, Any
     _fit_batches(out, ref, world)
     # Tensor parallelism: at most the preset's, dividing both the GPU count and the attention heads.
     tp_ref = int(get_path(out, "rollout.tensor_model_parallel_size", 1))
-    tp = max(d for d in range(1, world + 1) if world % d == 0 and d <= tp_ref and shape.heads % d == 0)
+    heads = shape.heads if shape else 1 << 10  # unknown heads: any power of two up to the GPU count
+    tp = max(d for d in range(1, world + 1) if world % d == 0 and d <= tp_ref and heads % d == 0)
     put_path(out, "rollout.tensor_model_parallel_size", tp)
     if method == "lora" and not get_path(out, "model.lora_rank"):
         put_path(out, "model.lora_rank", 32 if hw.kind == "gpu" else 16)
@@ -170,13 +187,19 @@ def _named_entry(menu: str, name: str, flag: str, custom_needs: str):
 
 def _dataset_choice(data: dict[str, Any], dataset: str) -> None:
     entry = load_catalog().find("datasets", dataset)
-    if entry is None and (Path(dataset).suffix in (".jsonl", ".parquet", ".json") or Path(dataset).exists()):
+    if entry is None and (is_local(dataset) or "/" in dataset):
         path = Path(dataset).expanduser()
+        local = is_local(dataset)
         train = str(path.resolve()) if path.exists() else dataset
-        # A GSM8K file (original jsonl or verl parquet) keeps the gsm8k loader and reward.
-        is_gsm8k = "gsm8k" in str(path).lower()
+        # GSM8K (original jsonl, verl parquet, or openai/gsm8k on the Hub) keeps the gsm8k loader and reward.
+        is_gsm8k = "gsm8k" in dataset.lower()
         put_path(data, "data.dataset", "gsm8k" if is_gsm8k else "custom")
         put_path(data, "data.train_files", train)
+        if not local:  # a hub dataset: its test split is held out
+            put_path(data, "data.val_files", dataset)
+            if is_gsm8k and not get_path(data, "data.subset"):
+                put_path(data, "data.subset", "main")  # openai/gsm8k has two subsets: main and socratic
+            return
         test = next((p for p in (path.with_name(f"test{path.suffix}"),) if p != path and p.exists()), None)
         if is_gsm8k and test is not None:
             put_path(data, "data.val_files", str(test.resolve()))
@@ -213,6 +236,25 @@ def _int_choice(value: Any, flag: str) -> int:
     return n
 
 
+def _set_value(sets: list[str], key: str) -> str | None:
+    """The last --set KEY=VALUE's value for ``key`` (read before the sets are applied)."""
+    values = [s.split("=", 1)[1].strip() for s in sets if "=" in s and s.split("=", 1)[0].strip() == key]
+    return values[-1] if values and values[-1] not in ("", "null", "None") else None
+
+
+def _model_facts(choices: Choices, base: dict[str, Any]) -> dict[str, str | None]:
+    """model.revision and model.size as the suggestions need them (--model-size goes into the recipe)."""
+    if choices.model_size:
+        try:
+            billions(choices.model_size)
+        except ValueError as e:
+            raise TuneError(f"--model-size: {e}. Fix: give the parameter count such as 8B, 1.5B or 500M.",
+                            field="--model-size") from None
+        put_path(base, "model.size", choices.model_size)
+    return {"revision": _set_value(choices.sets, "model.revision") or get_path(base, "model.revision", None),
+            "size": _set_value(choices.sets, "model.size") or get_path(base, "model.size", None)}
+
+
 def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
     """The full recipe for these choices (validated by the schema; not yet checked for feasibility)."""
     cat = load_catalog()
@@ -227,9 +269,10 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
     per_node = _int_choice(choices.gpus, "--gpus") if choices.gpus is not None else get_path(base, "launch.n_gpus_per_node", 1)
     nodes = _int_choice(choices.nodes, "--nodes") if choices.nodes is not None else get_path(base, "launch.nnodes", 1)
     world = per_node * nodes
+    model_facts = _model_facts(choices, base)
 
     if preset is None:
-        base = deep_merge(suggest(model, hardware, method, world), base)
+        base = deep_merge(suggest(model, hardware, method, world, **model_facts), base)
         _apply_settings(base, cat.get("algorithms", choices.algorithm or "grpo", field="--algorithm").settings)
         _dataset_choice(base, choices.dataset or "arithmetic")
         if not choices.reward:
@@ -248,7 +291,7 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
         preset_shape = (get_path(base, "model.path", EMBEDDED_MODEL), get_path(base, "launch.hardware", "cpu"),
                         get_path(base, "model.method", "lora"), preset.gpus)
         if (model, hw.name, method, world) != preset_shape:
-            base = deep_merge(base, suggest(model, hardware, method, world))
+            base = deep_merge(base, suggest(model, hardware, method, world, **model_facts))
         if choices.algorithm:
             _apply_settings(base, cat.get("algorithms", choices.algorithm, field="--algorithm").settings)
         if choices.dataset:
@@ -263,7 +306,7 @@ def build_recipe(choices: Choices) -> tuple[Recipe, PresetEntry | None]:
     if method != get_path(base, "model.method"):
         _apply_settings(base, cat.get("methods", method, field="--method").settings)
         if method == "lora" and not get_path(base, "model.lora_rank"):
-            put_path(base, "model.lora_rank", suggest(model, hardware, method, world)["model"]["lora_rank"])
+            put_path(base, "model.lora_rank", suggest(model, hardware, method, world, **model_facts)["model"]["lora_rank"])
     put_path(base, "model.method", method)
     if choices.engine:
         cat.get("engines", choices.engine, field="--engine")

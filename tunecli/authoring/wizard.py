@@ -44,8 +44,10 @@ def _field_help(dotted: str) -> str:
 def _select(message: str, options: list[tuple[str, str]], default: str | None, instruction: str | None = None) -> str:
     import questionary
 
-    choices = [questionary.Choice(title=title, value=value) for value, title in options]
-    values = [v for v, _ in options]
+    # A None value is a heading (questionary.Separator), e.g. a model family.
+    choices = [questionary.Separator(title) if value is None else questionary.Choice(title=title, value=value)
+               for value, title in options]
+    values = [v for v, _ in options if v is not None]
     return ask(questionary.select(message, choices=choices, default=default if default in values else None,
                                    instruction=instruction))
 
@@ -66,16 +68,25 @@ def _described(entries) -> list[tuple[str, str]]:
     return [(e.name, f"{e.name:<{width}}  {e.description}") for e in entries]
 
 
+def model_menu(models) -> list[tuple[str | None, str]]:
+    """The catalogue's models grouped by family: a heading (value None), then its models."""
+    families = list(dict.fromkeys(m.family for m in models))
+    menu: list[tuple[str | None, str]] = []
+    for family in families:
+        menu.append((None, f"-- {family or 'other'} --"))
+        menu += [(m.name, f"{m.name:<20} {m.params_b:>6.2f}B  {m.description}") for m in models if m.family == family]
+    return menu
+
+
 def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     import questionary
 
     cat = load_catalog()
     c = copy.deepcopy(choices)
     entry = cat.model_by_path(current.model.path)
-    models = [(m.name, f"{m.name:<18} {m.params_b:>6.2f}B  {m.description}") for m in cat.models]
-    picked = _select("Model", [*models, (OTHER, OTHER)], entry.name if entry else OTHER)
+    picked = _select("Model", [*model_menu(cat.models), (OTHER, OTHER)], entry.name if entry else OTHER)
     if picked == OTHER:
-        picked = ask(questionary.text("Model directory or hub id", default="" if entry else current.model.path))
+        picked = ask(questionary.text("Model directory, cluster path or hub id", default="" if entry else current.model.path))
     c.model = picked
     c.algorithm = _select("Algorithm", _described(cat.algorithms), current.algorithm.name)
     c.method = _select("Method", _described(cat.methods), current.model.method)
@@ -86,10 +97,10 @@ def ask_ingredients(choices: Choices, current: Recipe) -> Choices:
     c.nodes = int(ask(questionary.text("Nodes", default=str(current.launch.nnodes), validate=_positive_int)))
     c.engine = _select("Rollout engine", _described(cat.engines), current.rollout.name)
     datasets = _described([d for d in cat.datasets if d.name != "custom"])
-    ds = _select("Dataset", [*datasets, (OTHER, "(file: type the path of a .jsonl/.parquet)")],
+    ds = _select("Dataset", [*datasets, (OTHER, "(your data: a .jsonl/.json/.csv/.parquet file, a folder or a hub dataset)")],
                  current.data.dataset if current.data.dataset != "custom" else OTHER)
     if ds == OTHER:
-        ds = ask(questionary.text("Dataset file", default=current.data.train_files or ""))
+        ds = ask(questionary.text("Dataset file, folder or hub name", default=current.data.train_files or ""))
     c.dataset = ds
     entry_ds = cat.find("datasets", ds)
     default_reward = (entry_ds.default_reward if entry_ds else None) or current.reward.function

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunecli.algorithms import algorithm_names, get_algorithm
+from tunecli.catalog.hub import find_config
 from tunecli.errors import TuneError, did_you_mean
 from tunecli.rewards import reward_menu
 
@@ -34,6 +35,7 @@ class ModelEntry(Entry):
     """A model's shape: everything the memory estimate needs."""
 
     hf_id: str | None = None
+    family: str = Field("", description="Model family the wizard groups by (Qwen3, Llama 3, Gemma ...).")
     aliases: list[str] = Field(default_factory=list, description="Other names for the same checkpoint.")
     embedded: bool = False
     params_b: float = Field(description="Published parameter count in billions.")
@@ -282,34 +284,59 @@ def load_catalog() -> Catalog:
         raise RuntimeError(f"tunecli catalogue data is invalid: {e}") from e
 
 
-def _hf_cache_config(hub_id: str) -> Path | None:
-    root = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub")
-    snapshots = root.expanduser() / ("models--" + hub_id.replace("/", "--")) / "snapshots"
-    if snapshots.is_dir():
-        for cfg in sorted(snapshots.glob("*/config.json")):
-            return cfg
-    return None
+def model_shape(path: str, revision: str | None = None) -> ModelEntry:
+    """Shape of ``model.path``, or a TuneError saying why it cannot be known here."""
+    entry, reason = lookup_shape(path, revision)
+    if entry is None:
+        raise TuneError(f"model.path '{path}': its shape is unknown here ({reason}).", field="model.path")
+    return entry
 
 
-def model_shape(path: str) -> ModelEntry:
-    """Shape of ``model.path``: catalogue entry, local directory, or a hub id already in the HF cache."""
-    entry = load_catalog().model_by_path(path)
+def lookup_shape(path: str, revision: str | None = None) -> tuple[ModelEntry | None, str]:
+    """(shape, '') from the catalogue, a local directory, the HF cache or the Hub's config.json; or
+    (None, why) when none of them answers here (offline, or a path that exists only on a cluster).
+
+    A plain name close to a catalogue name is a typo and refused with 'did you mean'.
+    """
+    cat = load_catalog()
+    entry = cat.model_by_path(path)
     if entry is not None:
-        return entry
+        return entry, ""
     local = Path(path).expanduser()
-    cfg = local / "config.json" if local.is_dir() else None
-    if cfg is None and "/" in path and not local.exists() and not path.startswith((".", "/", "~")):
-        cfg = _hf_cache_config(path)
-    if cfg is None or not cfg.is_file():
-        names = load_catalog().names("models")
-        what = "is a directory without config.json" if local.is_dir() else "is neither a catalogue model, a local directory, nor a hub id in the local HF cache"
-        raise TuneError(
-            f"model.path '{path}' {what}{did_you_mean(path, names)}. Use one of {', '.join(names)}, "
-            "a local HF model directory, or download the hub model first (huggingface-cli download ID).",
-            field="model.path",
-        )
+    if local.exists():
+        cfg = local / "config.json"
+        if not cfg.is_file():
+            raise TuneError(f"model.path '{path}' is {'a directory without config.json' if local.is_dir() else 'a file'}, "
+                            "not a Hugging Face model directory. Give the folder that holds config.json and the "
+                            "weights, a hub id, or a catalogue model (tune list models).", field="model.path")
+        return _shape_from_file(path, cfg), ""
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        return None, "not a directory on this machine; a path on the cluster is fine"
+    names = [*cat.names("models"), *(m.hf_id for m in cat.models if m.hf_id)]
+    hint = did_you_mean(path, names)
+    if "/" not in path and hint:
+        raise TuneError(f"model.path '{path}' is not a catalogue model{hint}. Use one of {', '.join(cat.names('models'))} "
+                        "(tune list models), a local HF model directory, or a hub id such as Qwen/Qwen3-1.7B.",
+                        field="model.path")
+    found = find_config(path, revision)
+    if found.path is None:
+        return None, found.reason + hint
+    return _shape_from_file(path, found.path), ""
+
+
+def _shape_from_file(path: str, cfg: Path) -> ModelEntry:
     try:
         config = json.loads(cfg.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise TuneError(f"model.path '{path}': cannot read {cfg} ({e}). Fix or re-download the checkpoint.", field="model.path") from None
+        raise TuneError(f"model.path '{path}': cannot read {cfg} ({e}). Fix or download it again "
+                        f"(hf download {path} config.json).", field="model.path") from None
     return ModelEntry.from_config(path, config)
+
+
+def shape_for_size(billions: float) -> ModelEntry:
+    """A stand-in shape for a model known only by its size: the catalogue model nearest in size,
+    with the given parameter count (the memory estimate's weights and optimizer scale with it)."""
+    models = [m for m in load_catalog().models if not m.embedded]
+    near = min(models, key=lambda m: abs(m.params_b - billions))
+    return near.model_copy(update={"name": f"{billions:g}B", "description": f"the layer shape of {near.name}",
+                                   "params_b": billions})

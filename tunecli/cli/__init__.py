@@ -23,9 +23,9 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `tune --help` stays fast; heavy libraries load inside each command.
-    from tunecli.cli import eval as eval_cmd, export, list as list_cmd, new, run, status, train, validate
+    from tunecli.cli import data, eval as eval_cmd, export, list as list_cmd, new, run, status, train, validate
 
-    for module in (list_cmd, new, validate, run, status, train, eval_cmd, export):
+    for module in (list_cmd, new, validate, run, status, train, eval_cmd, export, data):
         module.register(app)
 
 

@@ -138,6 +138,8 @@ def register(app: typer.Typer) -> None:
     def new(
         preset: str | None = typer.Option(None, "--preset", metavar="NAME", help="Start from a preset (tune list presets)."),
         model: str | None = typer.Option(None, "--model", metavar="MODEL", help="Catalogue model, local HF dir or hub id."),
+        model_size: str | None = typer.Option(None, "--model-size", metavar="SIZE",
+                                              help="Model size such as 8B, when its config.json cannot be read here."),
         algorithm: str | None = typer.Option(None, "--algorithm", metavar="ALGO", help="grpo, dapo, gspo ... (`tune list algorithms` shows all)."),
         method: str | None = typer.Option(None, "--method", metavar="METHOD", help="lora or full."),
         gpus: str | None = typer.Option(None, "--gpus", metavar="N", help="GPUs (or CPU processes) per node."),
@@ -168,7 +170,7 @@ def register(app: typer.Typer) -> None:
         request = NewRequest(
             flags=Choices(preset=preset, model=model, algorithm=algorithm, method=method, gpus=gpus, gpu_type=gpu_type,
                           nodes=nodes, strategy=strategy, engine=engine, dataset=dataset, reward=reward, name=name,
-                          launcher=launcher, sets=list(sets)),
+                          launcher=launcher, model_size=model_size, sets=list(sets)),
             out=out, answers=answers, from_verl=from_verl, env=list(env), interactive=not yes, dry_run=dry_run, force=force,
         )
         try:

@@ -21,8 +21,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from tunecli.config.trackers import TRACKERS
-
 from tunecli.algorithms import (
     KLType,
     LossAggMode,
@@ -30,6 +28,8 @@ from tunecli.algorithms import (
     get_algorithm,
     unknown_algorithm_message,
 )
+from tunecli.config.sizes import billions
+from tunecli.config.trackers import TRACKERS
 
 Method = Literal["lora", "full"]
 Engine = Literal["vllm", "hf"]
@@ -84,6 +84,14 @@ class ModelConfig(Section):
         "float32", description="Dtype of the trained weights (float32 is fastest on CPUs without AMX)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only).")
+    # Models by hub id (issue 12): the revision every loader uses, and a size when the shape is unknown here.
+    revision: str | None = Field(
+        None, description="Hub revision of model.path (branch, tag or commit) for every loader; null: main."
+    )
+    size: str | None = Field(
+        None, description="Parameter count such as 8B or 500M, for the memory estimate when the model's "
+        "config.json cannot be read where the recipe is written (offline, a cluster path); null: read it.",
+    )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto",
         description="Attention kernel of the trained model: auto = eager on the CPU for sequences up to 1024 "
@@ -91,14 +99,34 @@ class ModelConfig(Section):
     )
 
 
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            billions(value)  # its ValueError names the value and the form
+        return value
+
+
 class DataConfig(Section):
     dataset: str = Field(
         "arithmetic", description="Dataset: arithmetic, countdown (generated, seeded), gsm8k, or custom."
     )
-    train_files: str | None = Field(None, description="Train file (.jsonl or .parquet) for gsm8k/custom.")
-    val_files: str | None = Field(None, description="Held-out file (.jsonl or .parquet) for gsm8k/custom.")
-    prompt_key: str = Field("question", description="Column holding the prompt text (custom datasets).")
-    answer_key: str = Field("answer", description="Column holding the ground truth (custom datasets).")
+    train_files: str | None = Field(
+        None, description="Training data for gsm8k/custom: a hub dataset, a .jsonl/.json/.csv/.parquet file or a "
+        "save_to_disk folder.",
+    )
+    val_files: str | None = Field(None, description="Held-out data (the same kinds as data.train_files).")
+    # Any dataset through `datasets` (issue 12): column names as verl's, hub subsets and splits.
+    prompt_key: str | None = Field(
+        None, description="Column holding the prompt (text or chat messages); null: prompt, question or problem."
+    )
+    answer_key: str | None = Field(
+        None, description="Column holding the ground truth (a.b reads into a struct); null: reward_model.ground_truth, "
+        "answer, solution or ground_truth. The other columns reach the reward as keyword arguments.",
+    )
+    subset: str | None = Field(None, description="Hub dataset subset (its config name), e.g. main for openai/gsm8k.")
+    split: str = Field("train", description="Split of data.train_files (a hub dataset or a save_to_disk folder).")
+    val_split: str = Field("test", description="Split of data.val_files (a hub dataset or a save_to_disk folder).")
     difficulty: int = Field(1, ge=1, le=5, description="Synthetic datasets: 1 (easy) to 5 (hard).")
     train_size: int = Field(2000, ge=1, le=100_000_000, description="Synthetic datasets: number of training prompts.")
     val_size: int = Field(64, ge=1, le=10_000_000, description="Held-out prompts used for validation accuracy.")

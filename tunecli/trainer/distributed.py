@@ -62,6 +62,9 @@ def choose_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+_OWNED_GROUP: list[bool] = []  # non-empty while init() holds the process group it created
+
+
 def init(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Read torchrun's environment, pick the device and backend, and join the process group."""
     global _INFO
@@ -75,6 +78,7 @@ def init(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     if world_size > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if not dist.is_initialized():
+            _OWNED_GROUP.append(True)
             dist.init_process_group(
                 backend=backend,
                 timeout=datetime.timedelta(minutes=timeout_minutes),
@@ -120,8 +124,11 @@ def barrier() -> None:
 
 def shutdown() -> None:
     global _INFO
-    if dist.is_available() and dist.is_initialized():
+    # Only the group init() created: a colocated vLLM engine creates its own one-process group, which
+    # its own shutdown destroys (destroying it here broke the next engine in the same process).
+    if _OWNED_GROUP and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _OWNED_GROUP.clear()
     _INFO = None
 
 

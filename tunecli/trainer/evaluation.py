@@ -22,7 +22,7 @@ from tunecli.config.io import load_recipe
 from tunecli.config.schema import EMBEDDED_MODEL, Recipe
 from tunecli.errors import TuneError
 from tunecli.trainer.data import PromptSample, load_splits, render_prompts
-from tunecli.trainer.data.files import custom_examples, gsm8k_examples, read_rows
+from tunecli.data.splits import source_examples
 from tunecli.trainer.data.synthetic import GENERATORS
 from tunecli.trainer.rollout import EngineSettings, RolloutEngine, SamplingSettings, make_engine
 from tunecli.trainer.scoring import Scores, recipe_rewards, score_rollout
@@ -126,13 +126,11 @@ def held_out_examples(recipe: Recipe, data: str | None) -> list:
         return load_splits(cfg, recipe.trainer.seed)[1]
     if data in GENERATORS:
         return load_splits(cfg.model_copy(update={"dataset": data}), recipe.trainer.seed)[1]
-    if not Path(data).is_file():
+    if not Path(data).exists():
         raise TuneError(f"--data = '{data}': no such file and not a generated dataset ({', '.join(GENERATORS)}). "
-                        "Fix: give a .jsonl or .parquet file of held-out rows.", field="--data")
-    rows = read_rows(data, "--data")
-    if cfg.dataset == "gsm8k":
-        return gsm8k_examples(rows)[: cfg.val_size]
-    return custom_examples(rows, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key)[: cfg.val_size]
+                        "Fix: give a .jsonl, .json, .csv or .parquet file of held-out rows.", field="--data")
+    # read as the recipe reads data.val_files: same columns, same checks
+    return source_examples(cfg.model_copy(update={"val_files": data}), "val")[: cfg.val_size]
 
 
 # -- scoring one model -----------------------------------------------------------------------------

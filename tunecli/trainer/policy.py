@@ -77,10 +77,10 @@ def attn_implementation(recipe, device: torch.device) -> str:
     return "eager" if device.type == "cpu" and longest <= EAGER_MAX_TOKENS else "sdpa"
 
 
-def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, revision=revision)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -92,17 +92,19 @@ def load_policy(recipe, device: torch.device, *, with_reference: bool = True) ->
     cfg = recipe.model
     model_path = resolve_model_path(cfg.path)
     try:
-        tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+        tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, cfg.revision)
         model = AutoModelForCausalLM.from_pretrained(
             model_path,
+            revision=cfg.revision,
             dtype=DTYPES[cfg.dtype],
             trust_remote_code=cfg.trust_remote_code,
             attn_implementation=attn_implementation(recipe, device),
         )
     except OSError as e:
         raise TuneError(
-            f"Could not load model.path = '{cfg.path}' ({e}). Give a local HF model directory, the embedded "
-            "'smollm2-135m', or a hub id that is in the local Hugging Face cache.",
+            f"Could not load model.path = '{cfg.path}'{f' at revision {cfg.revision}' if cfg.revision else ''} ({e}). "
+            "Give a local HF model directory, the embedded 'smollm2-135m', or a hub id this machine can download "
+            f"or has in its Hugging Face cache (hf download {cfg.path}).",
             field="model.path",
         ) from None
     model.to(device)

@@ -7,19 +7,18 @@ and checkpoints its exact position.
 
 from __future__ import annotations
 
-import functools
 import random
 from typing import Any
 
+from tunecli.data.chat import chat_messages, merge_system
+from tunecli.data.splits import FILE_DATASETS, file_splits, hold_out_tail
 from tunecli.errors import TuneError, did_you_mean
-from tunecli.trainer.data.files import custom_examples, gsm8k_examples, read_rows
 from tunecli.trainer.data.synthetic import GENERATORS, generate_splits
 from tunecli.trainer.data.types import Example, PromptSample
 
-__all__ = ["Example", "PromptSample", "PromptSampler", "load_splits", "render_prompts"]
+__all__ = ["Example", "PromptSample", "PromptSampler", "hold_out_tail", "load_splits", "render_prompts"]
 
-DATASETS = [*GENERATORS, "gsm8k", "custom"]
-_GSM8K_DEFAULT = "../shared/data/gsm8k"
+DATASETS = [*GENERATORS, *FILE_DATASETS]
 
 
 def load_splits(data, seed: int) -> tuple[list[Example], list[Example]]:
@@ -27,45 +26,27 @@ def load_splits(data, seed: int) -> tuple[list[Example], list[Example]]:
     name = data.dataset
     if name in GENERATORS:
         return generate_splits(name, data.difficulty, data.train_size, data.val_size, seed)
-    if name not in ("gsm8k", "custom"):
+    if name not in FILE_DATASETS:
         raise TuneError(
             f"data.dataset = '{name}' is not known{did_you_mean(name, DATASETS)}. Use one of {', '.join(DATASETS)}.",
             field="data.dataset",
         )
-    if not data.train_files:
-        raise TuneError(
-            f"data.dataset = '{name}' needs data.train_files (a .jsonl or .parquet file), e.g. "
-            f"data.train_files={_GSM8K_DEFAULT}/train.jsonl.",
-            field="data.train_files",
-        )
-    if name == "gsm8k":
-        examples = gsm8k_examples
-    else:
-        examples = functools.partial(custom_examples, prompt_key=data.prompt_key, answer_key=data.answer_key)
-    train = examples(read_rows(data.train_files, "data.train_files"))
-    if data.val_files:
-        return train, examples(read_rows(data.val_files, "data.val_files"))[: data.val_size]
-    return hold_out_tail(train, data.val_size, data.train_files)
+    return file_splits(data)
 
 
-def hold_out_tail(train: list[Example], val_size: int, train_files: str) -> tuple[list[Example], list[Example]]:
-    """No held-out file: the last ``val_size`` training rows are held out, and never trained on."""
-    if len(train) <= val_size:
-        raise TuneError(
-            f"data.val_size = {val_size}: with no data.val_files the held-out prompts are the last {val_size} rows "
-            f"of data.train_files ('{train_files}'), which has only {len(train)}, so nothing would be left to train "
-            "on and held-out accuracy would be measured on training rows. Fix: lower data.val_size below "
-            f"{len(train)} (e.g. {max(1, len(train) // 10)}), or give data.val_files (a separate held-out file).",
-            field="data.val_size",
-        )
-    return train[:-val_size], train[-val_size:]
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt as the model sees it: its chat template (system merged where the template refuses a
+    system role), or plain paragraphs for a base model without a template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+    from jinja2.exceptions import TemplateError
 
-
-def chat_messages(example: Example, system_prompt: str | None) -> list[dict[str, str]]:
-    messages = list(example.prompt) if isinstance(example.prompt, list) else [{"role": "user", "content": example.prompt}]
-    if system_prompt and messages[0].get("role") != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        if messages[0].get("role") != "system":
+            raise
+        return tokenizer.apply_chat_template(merge_system(messages), tokenize=False, add_generation_prompt=True)
 
 
 def render_prompts(
@@ -80,11 +61,7 @@ def render_prompts(
     """Chat-template each example; over-long prompts are dropped (filter) or refused (TuneError)."""
     samples = []
     for ex in examples:
-        messages = chat_messages(ex, system_prompt)
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:  # base models without a template: plain text, one message per paragraph
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        text = prompt_text(tokenizer, chat_messages(ex, system_prompt))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_length:
             if filter_overlong:

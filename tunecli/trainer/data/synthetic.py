@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from tunecli.trainer.data.types import Example
+from tunecli.data.types import Example
 
 # difficulty -> (operand range, operators, number of operands)
 ARITHMETIC_LEVELS: dict[int, tuple[tuple[int, int], str, int]] = {

@@ -28,6 +28,7 @@ class EngineSettings:
     seed: int
     max_model_len: int  # prompt + response tokens
     device: str  # trainer.device: auto, cpu or cuda
+    revision: str | None = None  # model.revision: the hub revision of model_path (null: main)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, model_path: str) -> EngineSettings:
@@ -40,6 +41,7 @@ class EngineSettings:
             seed=recipe.trainer.seed,
             max_model_len=recipe.max_model_len,
             device=recipe.trainer.device,
+            revision=model.revision,
         )
 
 

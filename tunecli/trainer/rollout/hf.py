@@ -66,7 +66,7 @@ class HFEngine:
         dtype = None if settings.rollout.dtype == "auto" else DTYPES[settings.rollout.dtype]
         first = next(model.parameters())
         if dtype is not None and dtype != first.dtype:
-            self.copy = _load_copy(settings.model_path, dtype, first.device, settings.trust_remote_code)
+            self.copy = _load_copy(settings, dtype, first.device)
             self.model = self.copy
         # Every weight: the copy's missing-tensor check below wants them all.
         self.weight_format: WeightFormat | None = "full" if self.copy is not None else None
@@ -171,13 +171,14 @@ class HFEngine:
         self.model = self.copy = None
 
 
-def _load_copy(model_path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
+def _load_copy(settings: EngineSettings, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     # Eager attention on the CPU: a decode step's attention is one query row, and torch's bf16 SDPA
     # kernel took 372 us per call there against eager's fraction of it (45 vs 58 ms per decode step).
     attn = "eager" if device.type == "cpu" else None
-    copy = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn)
+    copy = AutoModelForCausalLM.from_pretrained(settings.model_path, revision=settings.revision, dtype=dtype,
+                                                trust_remote_code=settings.trust_remote_code, attn_implementation=attn)
     # Not requires_grad_(False): generate() runs under no_grad anyway, and with frozen bf16 weights
     # greedy generation for 64 prompts peaked at 4.75 GiB instead of 1.40 GiB on the CPU (same speed).
     return copy.to(device).eval()

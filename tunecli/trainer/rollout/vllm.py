@@ -83,7 +83,7 @@ def _kv_cache_bytes_for_cpu(settings: EngineSettings) -> int:
     because the trainer's model and optimizer already sit in this process's RSS."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(settings.model_path)
+    cfg = AutoConfig.from_pretrained(settings.model_path, revision=settings.revision)
     cfg = getattr(cfg, "text_config", cfg)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -144,6 +144,8 @@ class VLLMEngine:
 
         kwargs: dict = dict(
             model=settings.model_path,
+            revision=settings.revision,
+            tokenizer_revision=settings.revision,
             dtype=cfg.dtype,
             seed=settings.seed,
             max_model_len=settings.max_model_len,
