@@ -26,9 +26,10 @@ REWARDS = {
 
 # (id, extra args, substrings the error must contain)
 BAD = [
-    ("mini>batch", ["--set", "data.train_batch_size=7"], ["actor.ppo_mini_batch_size", "7", "Fix"]),
+    ("mini>batch", ["--set", "data.train_batch_size=2"], ["actor.ppo_mini_batch_size", "larger than data.train_batch_size (2)", "Fix"]),
     ("batch-vs-dp", ["--gpus", "3", "--set", "data.train_batch_size=8"], ["data.train_batch_size", "3 data-parallel", "multiple of 3"]),
-    ("micro", ["--set", "actor.ppo_micro_batch_size_per_gpu=5"], ["actor.ppo_micro_batch_size_per_gpu", "divisor of 32"]),
+    ("mini-split", ["--gpus", "2", "--set", "rollout.n=1", "--set", "actor.ppo_mini_batch_size=1"],
+     ["actor.ppo_mini_batch_size", "1 samples, which do not split evenly over the 2 processes", "multiple of 2"]),
     ("tp-divides", ["--set", "rollout.tensor_model_parallel_size=2"], ["rollout.tensor_model_parallel_size", "divide"]),
     ("max-model-len", ["--set", "rollout.max_model_len=100"], ["rollout.max_model_len", "128 + 12 = 140"]),
     ("model-context", ["--set", "data.max_response_length=9000"], ["rollout.max_model_len", "at most 8192"]),

@@ -250,7 +250,7 @@ def test_fix_hash_accepts_an_edited_yaml_and_run_then_starts(pair, started):
 # Overrides go through the checks of `tune new`
 
 OVERRIDES = {
-    "micro-batches not whole": ("rollout.n=3", "actor.ppo_micro_batch_size_per_gpu = 16"),
+    "mini-batch over the batch": ("actor.ppo_mini_batch_size=8", "actor.ppo_mini_batch_size = 8"),
     "longer than the model": ("data.max_response_length=100000", "Memory: the estimated peak"),
     "missing reward file": ("reward.function=missing.py:f", "the file 'missing.py' does not exist"),
 }

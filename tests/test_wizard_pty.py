@@ -87,16 +87,16 @@ def test_wizard_shows_failed_check_and_lets_the_user_fix_it(tmp_path):
     child = spawn("--preset", "quickstart", "--out", str(tmp_path))
     answer(child, "Start from", "\r")
     answer(child, "Change the ingredients", "n")
-    edit_tunables(child, {"actor.ppo_micro_batch_size_per_gpu": "5"})
+    edit_tunables(child, {"actor.ppo_mini_batch_size": "5"})  # more than data.train_batch_size (4)
     answer(child, "Recipe name", "\r")
-    child.expect("actor.ppo_micro_batch_size_per_gpu = 5")
+    child.expect("actor.ppo_mini_batch_size = 5")
     answer(child, "Edit the values and try again?", "y")
-    edit_tunables(child, {"actor.ppo_micro_batch_size_per_gpu": "4"})
+    edit_tunables(child, {"actor.ppo_mini_batch_size": "2"})
     answer(child, "Recipe name", "\r")
     answer(child, "Write", "y")
     assert finish(child) == 0
     (yaml_file,) = tmp_path.glob("*.yaml")
-    assert yaml.safe_load(yaml_file.read_text())["actor"]["ppo_micro_batch_size_per_gpu"] == 4
+    assert yaml.safe_load(yaml_file.read_text())["actor"]["ppo_mini_batch_size"] == 2
 
 
 def test_ctrl_c_writes_nothing(tmp_path):

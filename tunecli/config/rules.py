@@ -7,6 +7,8 @@ process of a recipe written for several).
 
 from __future__ import annotations
 
+import math
+
 from tunecli.algorithms import get_algorithm
 from tunecli.config.schema import Recipe
 from tunecli.errors import TuneError, field_error
@@ -20,6 +22,8 @@ def batch_problems(recipe: Recipe, world: int, warnings: list[str] | None = None
     if world > 1 and recipe.launch.strategy == "none":
         problems.append(field_error("launch.strategy", "none", f"{world} processes need a sharding strategy (with "
                                     "'none' their gradients would never meet)", "use --strategy fsdp2, or --gpus 1 --nodes 1."))
+    if warnings is not None:
+        warnings.extend(batch_notes(recipe))
     if recipe.rollout.n == 1 and algorithm.grouped and algorithm.min_group_size == 1 and warnings is not None:
         warnings.append(f"rollout.n = 1: each {algorithm.name} group has one member, so the advantage is the raw reward.")
     return problems
@@ -36,18 +40,28 @@ def _divisibility(recipe: Recipe, world: int) -> list[TuneError]:
     if mini > batch:
         problems.append(field_error("actor.ppo_mini_batch_size", mini, f"larger than data.train_batch_size ({batch})",
                                     f"set it to {batch} (one update per step) or a divisor of {batch}."))
-    elif batch % mini:
-        problems.append(field_error("actor.ppo_mini_batch_size", mini, f"does not divide data.train_batch_size ({batch}), "
-                                    "so the last mini-batch would be short", f"use a divisor of {batch}, e.g. {batch}."))
-    elif mini % world:
-        problems.append(field_error("actor.ppo_mini_batch_size", mini, f"each of the {world} processes must get whole "
-                                    "prompt groups of every mini-batch", f"use a multiple of {world}."))
-    elif recipe.actor.ppo_max_token_len_per_gpu is None:
-        per_rank = mini * n // world
-        if per_rank % micro:
-            divisors = [d for d in range(1, per_rank + 1) if per_rank % d == 0 and d <= micro]
-            problems.append(field_error("actor.ppo_micro_batch_size_per_gpu", micro, f"each process gets {per_rank} "
-                                        f"samples per mini-batch (ppo_mini_batch_size {mini} x rollout.n {n} / {world} "
-                                        "processes), which is not a whole number of micro-batches",
-                                        f"use a divisor of {per_rank}, e.g. {max(divisors)}."))
+    elif (mini * n) % world:
+        # As verl: a mini-batch's samples (not its prompts) are split over the data-parallel processes.
+        fitted = mini_batch_that_splits(mini, n, world, batch)
+        fix = f"use a multiple of {world // math.gcd(n, world)}" + (f", e.g. {fitted}." if fitted else
+                                                                     f" up to data.train_batch_size ({batch}), or fewer processes.")
+        problems.append(field_error("actor.ppo_mini_batch_size", mini, f"a mini-batch holds {mini} prompts x rollout.n "
+                                    f"{n} = {mini * n} samples, which do not split evenly over the {world} processes", fix))
     return problems
+
+
+def mini_batch_that_splits(mini: int, n: int, world: int, batch: int) -> int | None:
+    """The smallest ppo_mini_batch_size >= ``mini`` whose samples split over ``world`` processes (None
+    when that exceeds data.train_batch_size)."""
+    step = world // math.gcd(n, world)
+    fitted = -(-mini // step) * step
+    return fitted if fitted <= batch else None
+
+
+def batch_notes(recipe: Recipe) -> list[str]:
+    """What the batch sizes do that is allowed but worth saying (verl does the same)."""
+    batch, mini = recipe.data.train_batch_size, recipe.actor.ppo_mini_batch_size
+    if mini < batch and batch % mini:
+        return [f"actor.ppo_mini_batch_size = {mini} does not divide data.train_batch_size ({batch}): the last "
+                f"mini-batch of each step holds {batch % mini} prompts (verl does the same)."]
+    return []

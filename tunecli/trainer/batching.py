@@ -38,15 +38,24 @@ def pack_by_tokens(ordered: list[int], length, budget: int) -> list[list[int]]:
     return batches
 
 
-def minibatch_indices(num_groups: int, group_size: int, active: torch.Tensor, num_mini: int, world_size: int) -> list[list[int]]:
-    """The samples of each mini-batch: consecutive whole groups."""
-    per_mini = max(1, num_groups // num_mini) * group_size  # samples
+def mini_batch_chunks(batch: int, mini: int, world: int) -> int:
+    """How many chunks ``distributed.shard_groups`` cuts a step's prompts into. When every rank can get
+    whole prompts of every mini-batch, one chunk per mini-batch: the ranks' mini-batches together are
+    exactly one process's, so N ranks take the same optimizer steps as one. Otherwise (verl's sample
+    split: ppo_mini_batch_size x rollout.n divisible by the processes) one chunk."""
+    return batch // mini if batch % mini == 0 and mini % world == 0 else 1
+
+
+def minibatch_indices(num_samples: int, per_mini: int, active: torch.Tensor, world_size: int) -> list[list[int]]:
+    """This rank's samples of each mini-batch: ``per_mini`` consecutive samples (ppo_mini_batch_size x
+    rollout.n / processes, as verl splits them), the last mini-batch shorter when they do not divide.
+    Advantages are computed before, over whole groups, so a group may span two mini-batches."""
     # One process drops filtered (tied) groups outright: less compute. Several ranks keep them,
     # masked out, so that every rank runs the same number of forward passes (FSDP needs that).
     drop_inactive = world_size == 1
     minibatches = []
-    for m in range(num_mini):
-        samples = range(m * per_mini, (m + 1) * per_mini)
+    for start in range(0, num_samples, per_mini):
+        samples = range(start, min(start + per_mini, num_samples))
         minibatches.append([i for i in samples if active[i]] if drop_inactive else list(samples))
     return minibatches
 

@@ -28,7 +28,7 @@ from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.trainer import checkpoint, distributed, guards, rundir
-from tunecli.trainer.batching import micro_batches, minibatch_indices, pad_rows, response_mask
+from tunecli.trainer.batching import micro_batches, mini_batch_chunks, minibatch_indices, pad_rows, response_mask
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.evaluation import greedy_sampling, render_settings, score_held_out
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
@@ -188,10 +188,8 @@ class Trainer:
         """Rollout -> rewards -> advantages -> policy update -> weight sync. None when a stop was requested before the update."""
         cfg = self.recipe
         t_start = now()
-        # Whole groups per rank, a share of each mini-batch: the ranks' mini-batches together are
-        # exactly one process's, so the optimizer steps match (see distributed.shard_groups).
-        num_mini = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
-        prompts = distributed.shard_groups(self.sampler.next_batch(), 1, chunks=num_mini)
+        chunks = mini_batch_chunks(cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, self.dist.world_size)
+        prompts = distributed.shard_groups(self.sampler.next_batch(), 1, chunks=chunks)
         rollout = self._generate(prompts, self._train_sampling())
         scores = self._score(prompts, rollout)  # None: a stop request abandoned a reward call
         t_rollout = now() - t_start
@@ -284,8 +282,8 @@ class Trainer:
         gradient of the global loss, and a 2-rank run takes the same step as a 1-rank run.
         """
         cfg, actor = self.recipe, self.recipe.actor
-        num_mini = cfg.data.train_batch_size // actor.ppo_mini_batch_size
-        minibatches = minibatch_indices(rollout.num_groups, rollout.group_size, active, num_mini, self.dist.world_size)
+        per_mini = actor.ppo_mini_batch_size * rollout.group_size // self.dist.world_size  # samples per rank
+        minibatches = minibatch_indices(len(rollout), per_mini, active, self.dist.world_size)
         on_policy = actor.ppo_epochs == 1 and len(minibatches) == 1
         need_old = not on_policy or cfg.rollout.use_rollout_logprobs
         old_logp, ref_logp = self._reference_passes(rollout, [i for mb in minibatches for i in mb], need_old=need_old)

@@ -19,6 +19,7 @@ from tunecli.authoring.render import yaml_value
 from tunecli.catalog import Catalog, load_catalog
 from tunecli.errors import TuneError
 from tunecli.importers.verl.command import Override, read_overrides
+from tunecli.config.rules import mini_batch_that_splits
 from tunecli.config.verl_keys import (
     AR, COMBINED, VERL_DEFAULTS, VERL_MAX_TOKENS_PER_GPU, Mapped, Unmapped, as_bool, combine_algorithms,
     map_verl_override,
@@ -194,6 +195,25 @@ def _micro_batch_from_global(draft: _Draft, world: int, given: set[str]) -> None
                   f"actor.ppo_micro_batch_size_per_gpu {per_gpu}")
 
 
+def _mini_batch_for_processes(draft: _Draft, world: int) -> None:
+    """verl splits a mini-batch over its data-parallel groups (for a Megatron card: the GPUs / TP x PP x
+    CP); tunecli's FSDP2 splits it over every process. A mini-batch too small for that is raised to the
+    smallest that splits (config.rules), with a note; one that cannot be raised is left to the checks."""
+    keys = ("actor.ppo_mini_batch_size", "rollout.n", "data.train_batch_size")
+    try:  # the script sets all three (else the defaults of `tune new` decide, and its checks judge them)
+        mini, n, batch = (int(draft.sets[k]) for k in keys)
+    except (KeyError, ValueError):  # unset, or a ${VAR} reference
+        return
+    fitted = mini_batch_that_splits(mini, n, world, batch)
+    if fitted is None or fitted == mini:
+        return
+    draft.sets["actor.ppo_mini_batch_size"] = str(fitted)
+    draft.notes.append(f"actor.ppo_mini_batch_size {mini} -> {fitted}: {mini} prompts x rollout.n {n} = {mini * n} "
+                       f"samples do not split over {world} processes. verl splits a mini-batch over its data-parallel "
+                       f"groups (fewer than the GPUs with Megatron's tensor/pipeline parallelism); tunecli's FSDP2 over "
+                       f"every process, so {fitted} is the smallest that splits ({batch // fitted} updates a step).")
+
+
 def _token_budget(draft: _Draft) -> None:
     """use_dynamic_bsz + ppo_max_token_len_per_gpu: a token budget per micro-batch, or none."""
     use_dynamic, max_tokens = draft.later.get(_DYNAMIC), draft.later.get(_MAX_TOKENS)
@@ -294,6 +314,7 @@ def import_verl_script(path: str | Path, env: dict[str, str] | None = None) -> V
     _map_each(seen, ev.vars, draft, cat)
     world = _processes(draft)
     _micro_batch_from_global(draft, world, given=set(seen))
+    _mini_batch_for_processes(draft, world)
     _token_budget(draft)
     _method_from_rank(draft)
     _dataset_and_reward(draft)
