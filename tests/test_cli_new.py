@@ -131,9 +131,9 @@ def test_validate_detects_edits_and_fix_hash(tmp_path):
     assert result.exit_code == 1 and "--fix-hash" in flat(result.output)
     assert tune("validate", "--fix-hash", y).exit_code == 0
     assert _header_matches(sh, y)
-    y.write_text(y.read_text().replace("n: 8", "n: 3"))  # 4 prompts x 3 = 12 samples, micro-batch 16: not whole
+    y.write_text(y.read_text().replace("ppo_mini_batch_size: 4", "ppo_mini_batch_size: 8"))  # more than the 4 prompts a step
     result = tune("validate", "--fix-hash", y)
-    assert result.exit_code == 1 and "actor.ppo_micro_batch_size_per_gpu" in flat(result.output)
+    assert result.exit_code == 1 and "actor.ppo_mini_batch_size = 8" in flat(result.output)
     assert not _header_matches(sh, y)  # not accepted while a check fails
 
 
