@@ -17,6 +17,8 @@ from tunecli.config.trackers import tracker_problems
 from tunecli.errors import TuneError
 
 COMPLETION_COLUMNS = ("step", "prompt", "completion", "reward", "advantage")
+# Each library's own switch for logging to local files only
+OFFLINE_SWITCHES = {"wandb": "WANDB_MODE=offline", "swanlab": "SWANLAB_MODE=offline", "mlflow": "MLFLOW_TRACKING_URI=file:PATH"}
 
 
 class TensorBoardTracker:
@@ -136,7 +138,19 @@ BACKENDS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": 
 def open_trackers(names: list[str], project: str, experiment: str, run_dir: Path, config: dict[str, Any]) -> list[Any]:
     """The chosen trackers, open (main rank only: the caller decides); a missing library is a TuneError."""
     check_available(names)
-    return [BACKENDS[name](project, experiment, Path(run_dir), config) for name in dict.fromkeys(names) if name in BACKENDS]
+    return [_open(name, project, experiment, Path(run_dir), config) for name in dict.fromkeys(names) if name in BACKENDS]
+
+
+def _open(name: str, project: str, experiment: str, run_dir: Path, config: dict[str, Any]) -> Any:
+    # A tracker that cannot start (not logged in, no TTY to log in, no network) is one clear error
+    # before the first step, not a traceback: swanlab online with no login raises RuntimeError.
+    try:
+        return BACKENDS[name](project, experiment, run_dir, config)
+    except Exception as e:  # noqa: BLE001 - each library raises its own kinds
+        offline = OFFLINE_SWITCHES.get(name, "")
+        raise TuneError(f"trainer.logger = {name}: {name} could not start ({type(e).__name__}: {e}). Fix: log in "
+                        f"to {name}{', or keep it on this disk with ' + offline if offline else ''}, or take {name} "
+                        "out of trainer.logger (metrics.jsonl is always written).", field="trainer.logger") from None
 
 
 def _cell(value: Any) -> str:
