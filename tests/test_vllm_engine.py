@@ -25,7 +25,7 @@ MAX_NEW = 12
 LORA_RANK = 8
 
 
-def _make_peaky_model(out):
+def _make_peaky_model(out, tied: bool = False):
     """A tiny Llama that vLLM's CPU attention supports (head_dim 64) with decisive greedy choices.
 
     Random init gives near-uniform logits, where argmax could flip between two kernels' rounding; an
@@ -46,7 +46,7 @@ def _make_peaky_model(out):
         num_key_value_heads=2,
         head_dim=64,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,  # tied: the head is the (scaled) embedding, as in SmolLM2 and Llama 3.2
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -81,18 +81,9 @@ def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return layers
 
 
-def _tied_head(model: torch.nn.Module) -> str | None:
-    """The LM head's name when it is the embedding matrix (tied): not sent, as vLLM's Gemma has no
-    lm_head to load it into (and the others skip it)."""
-    return "lm_head.weight" if getattr(getattr(model, "config", None), "tie_word_embeddings", False) else None
-
-
 def _full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(vLLM-style name, full tensor) of a transformers model, streamed: one gathered tensor at a time."""
-    tied = _tied_head(model)
     for name, tensor in model.state_dict().items():
-        if _clean_name(name) == tied:
-            continue
         yield _clean_name(name), _full(tensor).detach()
 
 
@@ -109,7 +100,6 @@ def _merged_state_items(model: torch.nn.Module, *, changed_only: bool) -> Iterat
     adapter = model.active_adapter
     layers = _lora_layers(model)
     trainable = {_clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
-    tied = _tied_head(model)
     for raw_name, tensor in model.state_dict().items():
         name = _clean_name(raw_name)
         if ".lora_" in name or ".original_module." in name:
@@ -130,8 +120,7 @@ def _merged_state_items(model: torch.nn.Module, *, changed_only: bool) -> Iterat
             tensor = merged.to(tensor.dtype)
         name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")
         name = name.replace(f".modules_to_save.{adapter}", "")
-        if name != tied:
-            yield name, tensor
+        yield name, tensor
 
 
 def _adapter_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

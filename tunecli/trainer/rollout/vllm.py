@@ -103,6 +103,11 @@ def _load_weights_into_worker(worker, items: Iterator[tuple[str, torch.Tensor]])
     repacks weights for its kernels). vLLM releases before that API fall back to ``load_weights``.
     """
     runner = worker.model_runner
+    if not hasattr(runner.model, "lm_head"):
+        # vLLM's Gemma 2 computes logits with the embedding and has no head to load; Llama and Gemma 3
+        # keep a tied head of their own that must get the embedding's values (a dummy-started engine
+        # would otherwise sample from a random head).
+        items = ((name, tensor) for name, tensor in items if name != "lm_head.weight")
     reload = getattr(runner, "reload_weights", None)
     if reload is not None and "weights_iterator" in inspect.signature(reload).parameters:
         worker.reload_weights(weights_iterator=items)
