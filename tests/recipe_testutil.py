@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -32,3 +33,15 @@ def files_in(path: Path) -> list[str]:
 def flat(text: str) -> str:
     """Output with rich's line wrapping undone (for substring checks)."""
     return " ".join(text.split())
+
+
+def train_in_process(config: Path) -> int:
+    """`tunecli.train.train` on CONFIG in this process, restoring the signal handlers it installs."""
+    from tunecli.train import train
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return train(str(config), [], command=["python", "-m", "tunecli.train", "--config", str(config)])
+    finally:  # the trainer's Ctrl-C handler must not outlive the run in this test process
+        for s, handler in handlers.items():
+            signal.signal(s, handler)

@@ -20,6 +20,8 @@ from tunecli.errors import TuneError
 from tunecli.rewards import RewardError, load_reward
 from tunecli.trainer.data import load_splits
 
+from tests.recipe_testutil import train_in_process
+
 REPO = Path(tunecli.__file__).resolve().parents[1]  # the tree under test, for the runs in a subprocess
 
 # ---------------------------------------------------------------------------------------------
@@ -189,17 +191,6 @@ def test_ctrl_c_inside_a_reward_stops_the_run(tmp_path, tiny_model_dir, body):
     assert [m["step"] for m in metrics if "reward/mean" in m] == [1]  # the abandoned step left no trace
 
 
-def _train_in_process(config: Path) -> int:
-    from tunecli.train import train
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return train(str(config), [], command=["python", "-m", "tunecli.train", "--config", str(config)])
-    finally:  # the trainer's Ctrl-C handler must not outlive the run in this test process
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("body, expected", [
     ("exits", "failed with SystemExit: 3"),
@@ -207,7 +198,7 @@ def _train_in_process(config: Path) -> int:
     ("none", "returned a non-number: None"),
 ])
 def test_a_reward_that_exits_or_returns_nan_stops_the_run(tmp_path, tiny_model_dir, capsys, body, expected):
-    code = _train_in_process(write_recipe(tmp_path, tiny_model_dir, body))
+    code = train_in_process(write_recipe(tmp_path, tiny_model_dir, body))
     err = one_line(capsys.readouterr().err)
     assert code == 1 and expected in err and "The sample: prompt=" in err
     assert checkpoints(tmp_path) == []
@@ -250,7 +241,7 @@ def test_a_non_finite_value_stops_the_run_before_the_weights_change(
         real_cleanup(trainer)
 
     monkeypatch.setattr(loop.Trainer, "cleanup", cleanup)
-    code = _train_in_process(write_recipe(tmp_path, tiny_model_dir, body))
+    code = train_in_process(write_recipe(tmp_path, tiny_model_dir, body))
     err = one_line(capsys.readouterr().err)
     assert code == 1, err
     assert f"Training stopped at step 1: the {quantity} is not a finite number" in err and "Fix:" in err

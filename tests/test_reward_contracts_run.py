@@ -4,12 +4,13 @@ trackers read back offline through their own readers."""
 from __future__ import annotations
 
 import json
-import signal
 import struct
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.recipe_testutil import train_in_process as train
 
 TRL_PY = '''
 def length_bonus(prompts, completions, ground_truth, **kwargs):
@@ -44,17 +45,6 @@ def write_recipe(tmp: Path, model_dir: Path, reward: dict, **trainer) -> Path:
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def train(config: Path) -> int:
-    from tunecli.train import train as run
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return run(str(config), [], command=["python", "-m", "tunecli.train", "--config", str(config)])
-    finally:  # the trainer's Ctrl-C handler must not outlive the run in this test process
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
 
 
 def step_metrics(tmp: Path) -> dict:
