@@ -15,8 +15,8 @@ from tunecli.errors import TuneError, field_error
 
 
 def batch_problems(recipe: Recipe, world: int, warnings: list[str] | None = None) -> list[TuneError]:
-    """Batch sizes that do not split into whole groups, mini-batches, micro-batches and processes, and
-    the algorithm's own rules (e.g. RLOO's rollout.n >= 2)."""
+    """Batch sizes whose prompts or mini-batch samples do not split over the processes, and the
+    algorithm's own rules (e.g. RLOO's rollout.n >= 2)."""
     algorithm = get_algorithm(recipe.algorithm.name)
     problems = _divisibility(recipe, world) + algorithm.problems(recipe)
     if world > 1 and recipe.launch.strategy == "none":
@@ -31,7 +31,7 @@ def batch_problems(recipe: Recipe, world: int, warnings: list[str] | None = None
 
 def _divisibility(recipe: Recipe, world: int) -> list[TuneError]:
     batch, n = recipe.data.train_batch_size, recipe.rollout.n
-    mini, micro = recipe.actor.ppo_mini_batch_size, recipe.actor.ppo_micro_batch_size_per_gpu
+    mini = recipe.actor.ppo_mini_batch_size
     problems = []
     if batch % world:
         problems.append(field_error("data.train_batch_size", batch, f"prompts per step must split evenly over the {world} "

@@ -12,9 +12,9 @@ from typing import Any
 
 from tunecli.data.chat import chat_messages, merge_system
 from tunecli.data.splits import FILE_DATASETS, file_splits, hold_out_tail
+from tunecli.data.types import Example, PromptSample
 from tunecli.errors import TuneError, did_you_mean
 from tunecli.trainer.data.synthetic import GENERATORS, generate_splits
-from tunecli.trainer.data.types import Example, PromptSample
 
 __all__ = ["Example", "PromptSample", "PromptSampler", "hold_out_tail", "load_splits", "render_prompts"]
 
