@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -126,7 +127,7 @@ def test_validate_detects_edits_and_fix_hash(tmp_path):
     assert tune("new", "--preset", "quickstart", "--yes", "--out", tmp_path, "--name", "v").exit_code == 0
     y, sh = tmp_path / "v.yaml", tmp_path / "v.sh"
     assert tune("validate", y).exit_code == 0 and tune("validate", sh).exit_code == 0
-    y.write_text(y.read_text().replace("lr: 0.0002", "lr: 0.0003"))
+    y.write_text(re.sub(r"\n  lr: \S+", "\n  lr: 0.0003", y.read_text()))
     result = tune("validate", sh)
     assert result.exit_code == 1 and "--fix-hash" in flat(result.output)
     assert tune("validate", "--fix-hash", y).exit_code == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def test_sbatch_gets_the_checked_bytes(tmp_path, monkeypatch):
 def test_fix_hash_refuses_an_edited_script(pair):
     yaml_path, sh = pair
     sh.write_text(_inject(sh.read_text()))
-    yaml_path.write_text(yaml_path.read_text().replace("lr: 0.0002", "lr: 0.0003"))
+    yaml_path.write_text(re.sub(r"\n  lr: \S+", "\n  lr: 0.0003", yaml_path.read_text()))
     before = sh.read_bytes()
     result = tune("validate", "--fix-hash", yaml_path)
     assert result.exit_code == 1
@@ -238,7 +239,7 @@ def test_fix_hash_on_a_script_without_a_current_header_is_one_paragraph(header, 
 
 def test_fix_hash_accepts_an_edited_yaml_and_run_then_starts(pair, started):
     yaml_path, sh = pair
-    yaml_path.write_text(yaml_path.read_text().replace("lr: 0.0002", "lr: 0.0003"))
+    yaml_path.write_text(re.sub(r"\n  lr: \S+", "\n  lr: 0.0003", yaml_path.read_text()))
     assert tune("run", "--dry-run", sh).exit_code == 1
     fixed = tune("validate", "--fix-hash", yaml_path)
     assert fixed.exit_code == 0, fixed.output

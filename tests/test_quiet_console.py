@@ -21,6 +21,7 @@ from tests.conftest import make_tiny_model
 PRODUCT_LINES = [
     r"validation @ step \d+: held-out accuracy",
     r"step \d+/\d+ reward ",
+    r"^compute dtype (bfloat16|float32) \(auto: ",  # what actor.compute_dtype auto chose, once
     r"GRPO( run summary|\s)",
     r"[┏┃┡│└┌├╭╰━─╇]",  # the summary table
     r"^\s*$",

@@ -157,7 +157,7 @@ def test_shared_prompt_passes_equal_full_pass(tmp_path, tiny_model_dir, monkeypa
 
     monkeypatch.setattr(batching, "PASS_COST_TOKENS", pass_cost)
     recipe = recipe_from_dict({"model": {"path": str(tiny_model_dir), "lora_rank": 4, "attn_implementation": attention},
-                               "rollout": {"n": 3, "temperature": 0.7},
+                               "rollout": {"n": 3, "temperature": 0.7}, "actor": {"compute_dtype": "float32"},
                                "trainer": {"default_local_dir": str(tmp_path / "run")}})
     trainer = Trainer(recipe, resume=False)
     trainer.setup()

@@ -230,10 +230,11 @@ class ActorConfig(Section):
     kl_loss_coef: float = Field(0.001, ge=0, le=100, description="Coefficient of the KL loss term.")
     kl_loss_type: KLType = Field("low_var_kl", description="KL estimator: k1, k2, k3/low_var_kl.")
     entropy_coeff: float = Field(0.0, ge=0, le=10, description="Entropy bonus coefficient.")
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="Matmul dtype of the training passes (torch.autocast); bfloat16 is ~4x faster on CPUs with "
-        "AVX512-BF16/AMX and on GPUs, weights and optimizer state keep model.dtype.",
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Matmul dtype of the training passes (torch.autocast); weights and optimizer state keep "
+        "model.dtype. auto: bfloat16 on GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX) where a "
+        "timed matmul is faster in bf16 (~4x), else float32.",
     )
     grad_clip: float = Field(1.0, gt=0, le=1e6, description="Max global gradient norm (1e6: in effect no clipping).")
     param_offload: bool = Field(False, description="FSDP2: keep parameters on the CPU between uses (GPU).")

@@ -34,6 +34,7 @@ from tunecli.trainer.evaluation import greedy_sampling, render_settings, score_h
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
 from tunecli.trainer.passes import PassSettings, choose_pass
 from tunecli.trainer.policy import load_policy
+from tunecli.trainer.precision import resolve_compute_dtype
 from tunecli.trainer.rollout import EngineSettings, Rollout, SamplingSettings, make_engine
 from tunecli.trainer.schedule import lr_lambda
 from tunecli.trainer.scoring import accuracy_counts, completion_rows, recipe_rewards, score_rollout
@@ -72,6 +73,7 @@ class Trainer:
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         self._check_batch_sizes()  # before anything slow: a bad batch size fails in a second
+        self.compute = resolve_compute_dtype(cfg.actor.compute_dtype, self.dist.device, distributed.all_reduce_sum)
         check_available(cfg.trainer.logger)  # likewise a tracker whose library is missing
         torch.manual_seed(cfg.trainer.seed)  # same LoRA init on every rank
         random.seed(cfg.trainer.seed + self.dist.rank)
@@ -91,6 +93,8 @@ class Trainer:
         trackers = open_trackers(t.logger, t.project_name, t.experiment_name, self.run_dir, dump_recipe(cfg)) if distributed.is_main() else []
         self.logger = MetricsLogger(self.run_dir, self.total_steps, self.step, distributed.is_main(), trackers, console="console" in t.logger)
         self.stop.install_signal_handlers()
+        if cfg.actor.compute_dtype == "auto":
+            self._print(f"compute dtype {self.compute.dtype} (auto: {self.compute.reason})")
 
     def _check_batch_sizes(self) -> None:
         problems = batch_problems(self.recipe, self.dist.world_size)
@@ -105,7 +109,7 @@ class Trainer:
             self.policy.frozen_reference.to(self.dist.device)
         self.tokenizer = self.policy.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
-        settings = PassSettings(self.dist.device, self.pad_id, cfg.rollout.temperature, bf16=cfg.actor.compute_dtype == "bfloat16")
+        settings = PassSettings(self.dist.device, self.pad_id, cfg.rollout.temperature, bf16=self.compute.dtype == "bfloat16")
         self.forward_pass = choose_pass(self.policy.model, settings, gradient_checkpointing=cfg.model.enable_gradient_checkpointing)
 
     def _setup_data(self) -> None:
@@ -201,7 +205,7 @@ class Trainer:
 
         t_train = now()
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's updates use
-        with self.policy.cast_for_compute(cfg.actor.compute_dtype):
+        with self.policy.cast_for_compute(self.compute.dtype):
             update = self._update(rollout, advantages, active)
         t_sync = now()
         self._sync_engine()  # the next rollout samples from the updated policy

@@ -1,0 +1,104 @@
+"""time_to_accuracy.py's bookkeeping: which adapter each wall-clock mark gets, and the table's arithmetic.
+
+The training and scoring children are run by the benchmark itself (minutes each); here a fake clock
+and synthetic scores check that a mark gets the model as it stood then, and how the table reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _tta_workers  # noqa: E402
+import time_to_accuracy as tta  # noqa: E402
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_mark_gets_the_adapter_as_it_stood_at_that_time(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(_tta_workers, "elapsed", clock)
+    monkeypatch.setattr(_tta_workers, "_adapter", lambda model: {"w": torch.tensor([float(model)])})
+    snaps = _tta_workers.Snapshots(tmp_path, [5.0, 30.0, 35.0, 60.0, 120.0])
+    clock.now = 20.0  # loaded at 20 s: the 5 s mark gets the base model (step 0)
+    snaps.start(0)
+    clock.now = 32.0  # step 1 ends at 32 s: the 30 s mark saw the model before it (step 0)
+    snaps.after_step(1, 1)
+    clock.now = 50.0  # step 2 ends at 50 s: the 35 s mark saw step 1's model
+    snaps.after_step(2, 2)
+    clock.now = 64.0  # budget 60 s: the run's last step ran past it; 60 s saw step 2's model
+    snaps.after_step(3, 3)
+    snaps.finish(60.0)
+    got = {p.name: torch.load(p) for p in sorted(tmp_path.glob("snap-*.pt"))}
+    assert [(s["mark_s"], s["step"], float(s["lora"]["w"])) for s in got.values()] == [
+        (5.0, 0, 0.0), (30.0, 0, 0.0), (35.0, 1, 1.0), (60.0, 2, 2.0)]
+    assert "snap-00120.pt" not in got  # past the budget: no mark
+
+
+def test_marks_scale_with_the_budget_and_end_on_it():
+    assert tta.marks_for(10)[-1] == 600 and tta.marks_for(10)[0] == 15
+    assert tta.marks_for(5)[-1] == 300 and len(tta.marks_for(5)) == len(tta.DEFAULT_MARKS_MIN)
+
+
+def _points(greedy_by_min: dict[float, float], contender="tunecli-vllm", seed=0):
+    info = {"contender": contender, "seed": seed, "load_s": 30.0, "steps": 100, "settings": "s"}
+    return [{"mark_s": m * 60, "greedy": g, "mean@4": g / 2, "info": info} for m, g in greedy_by_min.items()]
+
+
+def test_minutes_to_and_accuracy_at():
+    pts = _points({0.5: 0.4, 1: 0.55, 2: 0.62, 5: 0.7, 10: 0.66})
+    assert tta.minutes_to(pts, 0.5) == 1.0 and tta.minutes_to(pts, 0.6) == 2.0
+    assert tta.minutes_to(pts, 0.75) == float("inf")
+    assert tta.accuracy_at(pts, 2) == 0.62 and tta.accuracy_at(pts, 4.9) == 0.62 and tta.accuracy_at(pts, 0.1) is None
+
+
+def test_medians_and_ratio_against_trl():
+    curves = {
+        "tunecli-vllm": {s: _points({1: 0.5, 2: 0.6, 10: 0.8}, seed=s) for s in range(3)},
+        "trl": {s: _points({4: 0.5, 8: 0.6, 10: 0.7}, "trl", s) for s in range(3)},
+    }
+    header, rows = tta.median_rows(curves)
+    by_name = {r[0]: r for r in rows}
+    # load 0.5 min on both sides: training-only minutes are 0.5 less
+    assert by_name["tunecli-vllm"][2:5] == ["1.0 / 0.5", "2.0 / 1.5", "10.0 / 9.5"]
+    assert by_name["trl"][2:5] == ["4.0 / 3.5", "8.0 / 7.5", "never / never"]
+    assert by_name["TRL / tunecli-vllm"][2:5] == ["4.0x / 7.0x", "4.0x / 5.0x", "TRL never / TRL never"]
+    assert by_name["tunecli-vllm"][-1] == "0.0"  # final = best
+
+
+def test_report_from_a_workdir(tmp_path, capsys):
+    for name, contender, accs in (("a", "tunecli-vllm", [0.4, 0.7, 0.75]), ("b", "trl", [0.4, 0.5, 0.6])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"contender": contender, "seed": 0, "load_s": 12.0, "steps": 9,
+                                                  "settings": f"{contender} settings"}))
+        with (tmp_path / "scores.jsonl").open("a") as f:
+            for mark, acc in zip((120, 300, 600), accs):
+                f.write(json.dumps({"run": str(run), "mark_s": mark, "state_s": mark, "step": 1, "greedy": acc,
+                                    "mean@4": acc}) + "\n")
+    tta.report(tmp_path, 4)
+    out = capsys.readouterr().out
+    assert "trl settings" in out and (tmp_path / "time_to_accuracy.png").stat().st_size > 1000
+    md = (tmp_path / "report.md").read_text()
+    assert "| tunecli-vllm seed 0 | 0.20 | 9 | 40.0% | 70.0% | 75.0% |" in md
+
+
+@pytest.mark.parametrize("engine,preset_engine", [("vllm", "vllm"), ("hf", "hf")])
+def test_both_sides_follow_the_shipped_quickstart(engine, preset_engine):
+    spec = _tta_workers.Spec(kind="tunecli", out="x", seed=2, engine=engine, questions=128)
+    recipe = _tta_workers.quickstart_recipe(spec)
+    assert recipe.rollout.name == preset_engine and recipe.trainer.seed == 2 and recipe.data.val_size == 128
+    assert recipe.reward.function == "arithmetic" and recipe.rollout.n == 8 and recipe.data.train_batch_size == 4
