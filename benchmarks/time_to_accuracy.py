@@ -68,15 +68,16 @@ def evaluate_runs(args, work: Path, folders: list[Path]) -> Path:
     from _tta_workers import Spec, spec_json
 
     results = work / "scores.jsonl"
-    done = {json.loads(line)["run"] for line in results.read_text().splitlines()} if results.is_file() else set()
-    todo = [str(f) for f in folders if str(f) not in done]
-    if todo:
-        print(f"scoring {len(todo)} run(s) on {args.questions} held-out questions ...", flush=True)
-        spec = Spec(kind="eval", out=str(results), threads=args.threads, questions=args.questions, samples=args.samples,
-                    snapshot_dirs=todo)
-        child = run_child([sys.executable, __file__, "--worker", spec_json(spec)], log_path=work / "eval.log")
-        if child.returncode != 0:
-            raise SystemExit(f"evaluation failed (exit {child.returncode}); see {work / 'eval.log'}")
+    marks = marks_for(args.minutes)
+    scored = [m for m in marks if not args.score_at or any(abs(m - k * 60) < 1e-3 for k in args.score_at)]
+    print(f"scoring {len(folders)} run(s) on {args.questions} held-out questions at {len(scored)} marks ...", flush=True)
+    # mean@K (K times the work of greedy) at the table's marks only
+    spec = Spec(kind="eval", out=str(results), threads=args.threads, questions=args.questions, samples=args.samples,
+                snapshot_dirs=[str(f) for f in folders], score_marks=scored,
+                sampled_marks=[m * 60 for m in TABLE_AT_MIN])
+    child = run_child([sys.executable, __file__, "--worker", spec_json(spec)], log_path=work / "eval.log")
+    if child.returncode != 0:
+        raise SystemExit(f"evaluation failed (exit {child.returncode}); see {work / 'eval.log'}")
     return results
 
 
@@ -93,7 +94,7 @@ def load_curves(work: Path) -> dict[str, dict[int, list[dict]]]:
 
 
 def accuracy_at(points: list[dict], minutes: float, key: str = "greedy") -> float | None:
-    at = [p for p in points if p["mark_s"] <= minutes * 60 + 1e-6]
+    at = [p for p in points if p["mark_s"] <= minutes * 60 + 1e-6 and key in p]
     return at[-1][key] if at else None
 
 
@@ -164,7 +165,8 @@ def plot(curves, path: Path, samples: int) -> None:
         for i, (seed, points) in enumerate(sorted(seeds.items())):
             t = [p["mark_s"] / 60 for p in points]
             for ax, key in zip(axes, ("greedy", f"mean@{samples}")):
-                ax.plot(t, [100 * p[key] for p in points], color=color, alpha=0.8, marker=".", label=who if i == 0 else None)
+                have = [(x, 100 * p[key]) for x, p in zip(t, points) if key in p]
+                ax.plot(*zip(*have), color=color, alpha=0.8, marker=".", label=who if i == 0 else None)
     for ax, title in zip(axes, ("greedy", f"mean of {samples} samples")):
         ax.set_title(f"held-out accuracy, {title}")
         ax.set_xlabel("wall clock since start (min, model loading included)")
@@ -194,7 +196,9 @@ def main() -> int:
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="tunecli's rollout engine.")
     parser.add_argument("--only", type=lambda s: s.split(","), default=["tunecli", "trl"], help="tunecli,trl (default both).")
     parser.add_argument("--questions", type=int, default=128, help="Held-out questions scored at every mark.")
-    parser.add_argument("--samples", type=int, default=4, help="Samples per question for the mean@K accuracy.")
+    parser.add_argument("--samples", type=int, default=4, help="Samples per question for the mean@K accuracy (at the table's marks).")
+    parser.add_argument("--score-at", type=float, nargs="*", default=[], metavar="MIN",
+                        help="Score only these marks, in minutes (default: every mark; one costs ~10-30 s here).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores).")
     parser.add_argument("--workdir", default="benchmarks/results/time_to_accuracy")
     parser.add_argument("--fresh", action="store_true", help="Train again runs the workdir already holds.")
