@@ -217,7 +217,10 @@ def eval_worker(spec: Spec) -> None:
     expected = set(_adapter(policy.model))
     out = Path(spec.out)
     done = {(r["run"], r["mark_s"]) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
-    score = lambda s: score_held_out(engine, policy.tokenizer, prompts, s, rewards, recipe.reward.truncated_score, stop).total  # noqa: E731
+
+    def score(sampling) -> torch.Tensor:
+        return score_held_out(engine, policy.tokenizer, prompts, sampling, rewards, recipe.reward.truncated_score, stop).total
+
     try:
         for folder in map(Path, spec.snapshot_dirs):
             for snap_path in sorted(folder.glob("snap-*.pt")):

@@ -1,4 +1,4 @@
-"""actor.compute_dtype ``auto``: bf16 autocast where this machine computes it natively and faster.
+"""actor.compute_dtype ``auto``: bf16 autocast where this machine computes bf16 natively.
 
 A GPU with bf16 gets it. A CPU gets it when its flags name a native bf16 instruction set
 (AVX512-BF16 or AMX-BF16: without them torch emulates bf16 and a training step took 75x longer on
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from tunecli.trainer.distributed import mixed_precision_dtype
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -53,8 +55,8 @@ def bf16_matmul_speedup(m: int = 512, k: int = 576, n: int = 1536, repeats: int 
 
 def local_vote(device: torch.device) -> ComputeChoice:
     """What this process would choose on its own."""
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # the same rule FSDP2's mixed precision follows
+        ok = mixed_precision_dtype(device) == torch.bfloat16
         return ComputeChoice("bfloat16" if ok else "float32", "GPU with bf16" if ok else "GPU without bf16")
     if device.type != "cpu":
         return ComputeChoice("float32", f"{device.type}: fp32")
