@@ -41,11 +41,8 @@ def test_short_last_mini_batch_and_micro_batch_are_allowed_with_a_note():
 
 
 def test_minibatch_indices_are_consecutive_sample_slices():
-    active = torch.ones(8, dtype=torch.bool)
-    assert minibatch_indices(8, 3, active, world_size=2) == [[0, 1, 2], [3, 4, 5], [6, 7]]
-    active[1] = False  # one process drops filtered samples; several keep them masked
-    assert minibatch_indices(8, 4, active, world_size=1) == [[0, 2, 3], [4, 5, 6, 7]]
-    assert minibatch_indices(8, 4, active, world_size=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert minibatch_indices(8, 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert minibatch_indices(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_prompts_are_cut_per_mini_batch_only_when_every_rank_gets_whole_prompts():

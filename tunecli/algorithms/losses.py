@@ -99,6 +99,19 @@ def gpg_surrogate(
     return loss, {"clip_frac": torch.zeros((), device=logp.device), "ratio_mean": masked_mean(ratio, mask)}
 
 
+def carries_gradient(advantages: torch.Tensor, *, kl_in_loss: bool, entropy_in_loss: bool) -> torch.Tensor:
+    """[N] bool: the samples whose loss has a gradient. advantages: [N] or [N, L].
+
+    Every registered surrogate is -A x f(ratio): zero, with a zero gradient, where the advantage is 0
+    (tests/test_algorithms.py checks each one). Such a sample adds nothing to an update unless a KL
+    or entropy term is in the loss; then every sample does.
+    """
+    if kl_in_loss or entropy_in_loss:
+        return torch.ones(advantages.shape[0], dtype=torch.bool, device=advantages.device)
+    per_sample = advantages if advantages.dim() == 1 else advantages.abs().amax(dim=-1)  # [N]
+    return per_sample != 0
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

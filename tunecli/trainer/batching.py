@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunecli.algorithms.core import normalizer_count
+
 # What one more forward/backward pass costs beyond its tokens, in padded token positions: the
 # per-pass overhead (Python, kernel launches, smaller matmuls). Measured on the 2-core CPU, the update
 # of three fixed compare_trl.py batches (16 x up to 64 tokens), seconds summed over two repeats:
@@ -46,18 +48,47 @@ def mini_batch_chunks(batch: int, mini: int, world: int) -> int:
     return batch // mini if batch % mini == 0 and mini % world == 0 else 1
 
 
-def minibatch_indices(num_samples: int, per_mini: int, active: torch.Tensor, world_size: int) -> list[list[int]]:
+def minibatch_indices(num_samples: int, per_mini: int) -> list[list[int]]:
     """This rank's samples of each mini-batch: ``per_mini`` consecutive samples (ppo_mini_batch_size x
     rollout.n / processes, as verl splits them), the last mini-batch shorter when they do not divide.
     Advantages are computed before, over whole groups, so a group may span two mini-batches."""
-    # One process drops filtered (tied) groups outright: less compute. Several ranks keep them,
-    # masked out, so that every rank runs the same number of forward passes (FSDP needs that).
-    drop_inactive = world_size == 1
-    minibatches = []
-    for start in range(0, num_samples, per_mini):
-        samples = range(start, min(start + per_mini, num_samples))
-        minibatches.append([i for i in samples if active[i]] if drop_inactive else list(samples))
-    return minibatches
+    return [list(range(start, min(start + per_mini, num_samples))) for start in range(0, num_samples, per_mini)]
+
+
+@dataclass(frozen=True)
+class MiniBatch:
+    """One optimizer step's share of this rank: the samples that go through the passes, and the counts
+    the loss and its statistics divide by (over all ranks)."""
+
+    run: list[int]
+    normalizer: float  # tokens or sequences of the samples the loss counts (``algorithm.filter_groups``)
+    ran: float  # the same count over the samples run: the denominator of the reported entropy and KL
+
+
+def samples_to_run(mini_batch: list[int], trained: torch.Tensor, world_size: int) -> list[int]:
+    """The samples of ``mini_batch`` that go through the forward and backward passes.
+
+    One process runs only the samples that carry a gradient (``trained``): in a GRPO step most groups
+    are often tied (advantage 0), and their passes would add exactly nothing. Several ranks run them
+    all, masked, so that every rank runs the same number of passes (FSDP needs that)."""
+    return [i for i in mini_batch if trained[i]] if world_size == 1 else list(mini_batch)
+
+
+def plan_mini_batch(responses: list[list[int]], mini_batch: list[int], counted: torch.Tensor, trained: torch.Tensor,
+                    loss_agg_mode: str, world_size: int, all_reduce) -> MiniBatch | None:
+    """This rank's samples to run and the global counts of one mini-batch; None when no sample on any
+    rank carries a gradient. ``counted``: the samples the loss counts (filter_groups leaves tied groups
+    out); ``trained``: those that carry a gradient; ``all_reduce`` sums a tensor over ranks."""
+    run = samples_to_run(mini_batch, trained, world_size)
+
+    def count(samples: list[int]) -> float:
+        if not samples:
+            return 0.0
+        return normalizer_count(response_mask([responses[i] for i in samples], [bool(counted[i]) for i in samples]), loss_agg_mode)
+
+    local = torch.tensor([count(mini_batch), count(run), float(trained[mini_batch].sum())])  # [3]
+    normalizer, ran, training = all_reduce(local).tolist()  # one collective
+    return MiniBatch(run, normalizer, ran) if training > 0 and normalizer > 0 else None
 
 
 def micro_batches(ordered: list[int], rollout, actor) -> list[list[int]]:

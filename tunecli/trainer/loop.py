@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,14 +22,13 @@ import torch
 from tunecli import console
 from tunecli.algorithms import get_algorithm
 from tunecli.algorithms.advantages import compute_advantages, nonzero_variance_groups
-from tunecli.algorithms.core import normalizer_count
-from tunecli.algorithms.losses import policy_loss
+from tunecli.algorithms.losses import carries_gradient, policy_loss
 from tunecli.config.io import dump_recipe
 from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
 from tunecli.trainer import checkpoint, distributed, guards, rundir
-from tunecli.trainer.batching import micro_batches, mini_batch_chunks, minibatch_indices, pad_rows, response_mask
+from tunecli.trainer.batching import MiniBatch, micro_batches, mini_batch_chunks, minibatch_indices, pad_rows, plan_mini_batch
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.evaluation import greedy_sampling, render_settings, score_held_out
 from tunecli.trainer.metrics import GIB, MetricsLogger, PeakMemory, UpdateAverages, now
@@ -208,8 +208,11 @@ class Trainer:
         with self.policy.cast_for_compute(self.compute.dtype):
             update = self._update(rollout, advantages, active)
         t_sync = now()
-        self._sync_engine()  # the next rollout samples from the updated policy
-        self.scheduler.step()
+        if update["actor/updates"]:  # no optimizer step (nothing carried a gradient): the engine holds these weights
+            self._sync_engine()  # the next rollout samples from the updated policy
+        with warnings.catch_warnings():  # torch warns when a step took no optimizer step; the LR still follows training steps
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         t_end = now()
 
         lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32)  # [N]
@@ -284,25 +287,29 @@ class Trainer:
         ranks* (``normalizer`` = global token or sequence count). FSDP2 averages gradients over ranks,
         so each rank multiplies its share by world_size: the averaged gradient is then exactly the
         gradient of the global loss, and a 2-rank run takes the same step as a 1-rank run.
+        Samples whose loss has no gradient (advantage 0, no KL or entropy term) still count in the
+        normaliser but are not run on one process (``batching.samples_to_run``): the same update, cheaper.
         """
-        cfg, actor = self.recipe, self.recipe.actor
+        actor = self.recipe.actor
         per_mini = actor.ppo_mini_batch_size * rollout.group_size // self.dist.world_size  # samples per rank
-        minibatches = minibatch_indices(len(rollout), per_mini, active, self.dist.world_size)
-        on_policy = actor.ppo_epochs == 1 and len(minibatches) == 1
-        need_old = not on_policy or cfg.rollout.use_rollout_logprobs
-        old_logp, ref_logp = self._reference_passes(rollout, [i for mb in minibatches for i in mb], need_old=need_old)
+        trained = active & carries_gradient(
+            advantages, kl_in_loss=actor.use_kl_loss and actor.kl_loss_coef != 0, entropy_in_loss=actor.entropy_coeff != 0
+        )  # [N]
+        # A mini-batch where nothing carries a gradient takes no optimizer step: Adam's momentum alone
+        # would still move the weights (and a tied step carries no information about where to).
+        planned = [plan_mini_batch(rollout.response_ids, mb, active, trained, actor.loss_agg_mode, self.dist.world_size,
+                                   distributed.all_reduce_sum_tensor) for mb in minibatch_indices(len(rollout), per_mini)]
+        minibatches = [mb for mb in planned if mb is not None]
+        on_policy = actor.ppo_epochs == 1 and len(minibatches) <= 1  # the policy has not moved before its pass
+        need_old = not on_policy or self.recipe.rollout.use_rollout_logprobs
+        old_logp, ref_logp = self._reference_passes(rollout, [i for mb in minibatches for i in mb.run], need_old=need_old)
 
         averages = UpdateAverages()
         for _epoch in range(actor.ppo_epochs):
             for mb in minibatches:
-                # Global normaliser: this mini-batch's token (or sequence) count over all ranks.
-                local_mask = response_mask([rollout.response_ids[i] for i in mb], [bool(active[i]) for i in mb])  # [m, R]
-                normalizer = distributed.all_reduce_sum(normalizer_count(local_mask, actor.loss_agg_mode))
-                if normalizer == 0:
-                    continue  # every group of this mini-batch was filtered out on every rank
                 self.optimizer.zero_grad(set_to_none=True)
-                losses = [self._loss_backward(rollout, micro, advantages, active, old_logp, ref_logp, normalizer, averages)
-                          for micro in self._micro_batches(rollout, mb)]
+                losses = [self._loss_backward(rollout, micro, advantages, active, old_logp, ref_logp, mb, averages)
+                          for micro in self._micro_batches(rollout, mb.run)]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), actor.grad_clip)
                 grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 guards.check_finite(self.step + 1, {"loss": losses, "gradient norm": grad_norm})  # before the weights change
@@ -310,7 +317,8 @@ class Trainer:
                 self.optimizer.step()
                 averages.end_update()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**averages.means(), "actor/updates": float(averages.updates)}
+        trained_frac = distributed.all_reduce_sum(float(trained.sum())) / distributed.all_reduce_sum(float(len(trained)))
+        return {**averages.means(), "actor/updates": float(averages.updates), "actor/trained_frac": trained_frac}
 
     def _micro_batches(self, rollout: Rollout, indices: list[int]) -> list[list[int]]:
         # In the order the forward pass runs fastest; the loss is a sum, so the order does not change the math.
@@ -347,7 +355,7 @@ class Trainer:
                 ref.update({i: scores.logp[row, : int(scores.mask[row].sum())] for row, i in enumerate(micro)})
         return old, ref
 
-    def _loss_backward(self, rollout, micro, advantages, active, old_logp, ref_logp, normalizer, averages) -> torch.Tensor:
+    def _loss_backward(self, rollout, micro, advantages, active, old_logp, ref_logp, mb: MiniBatch, averages) -> torch.Tensor:
         """Backward of one micro-batch's share of the mini-batch loss (returned); its statistics into ``averages``."""
         world = self.dist.world_size
         entropy_grad = self.recipe.actor.entropy_coeff > 0
@@ -356,9 +364,12 @@ class Trainer:
         mask = scores.mask * active[micro].unsqueeze(-1).to(scores.mask.dtype)  # [m, R]  filtered groups count nothing
         old = logp.detach() if old_logp is None else pad_rows([old_logp[i] for i in micro], logp)  # [m, R]
         ref = None if ref_logp is None else pad_rows([ref_logp[i] for i in micro], logp)  # [m, R]
-        loss, stats = self._policy_loss(logp, old, ref, advantages[micro], mask, scores.entropy, normalizer)
+        loss, stats = self._policy_loss(logp, old, ref, advantages[micro], mask, scores.entropy, mb.normalizer)
         (loss * world).backward()  # x world: FSDP2's gradient average becomes the global sum (see _update)
-        averages.add_per_update({name: float(stats[key]) * world for key, name in LOSS_SHARES.items() if key in stats})
+        # The loss is a share of the whole mini-batch; entropy and KL are reported over the samples run.
+        rescale = mb.normalizer / mb.ran if mb.ran else 1.0
+        over_run = {"pg_loss": 1.0, "kl": rescale, "entropy": rescale}
+        averages.add_per_update({name: float(stats[key]) * world * over_run[key] for key, name in LOSS_SHARES.items() if key in stats})
         averages.add_per_micro_batch({name: float(stats[key]) for key, name in TOKEN_FRACTIONS.items() if key in stats})
         return loss.detach()
 
