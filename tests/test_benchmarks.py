@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 import compare_trl  # noqa: E402
+import compile_update  # noqa: E402
 import limits  # noqa: E402
 
 
@@ -132,3 +133,12 @@ def test_training_flops_counts_the_head_only_on_response_positions():
     got = limits.training_flops(1000, 100, method="lora", recompute_old_logprobs=False, reference_forward=False,
                                 head_params=200, head_tokens=30)
     assert got == 4 * (800 * 100 + 200 * 30)
+
+
+def test_compile_update_runs_the_trainers_update_on_quickstart_shaped_rollouts(capsys):
+    first, again = compile_update.rollouts(2), compile_update.rollouts(2)
+    assert [r.response_ids for r in first] == [r.response_ids for r in again]  # both sides get the same batches
+    assert all(len(r) == 32 and r.group_size == 8 and 40 <= len(r.prompt_ids[0]) <= 50 for r in first)
+    compile_update.worker("eager", updates=2, threads=1)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mode"] == "eager" and len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])

@@ -386,7 +386,7 @@ def test_two_runs_with_one_name_second_refused_first_untouched(tmp_path, tiny_mo
     assert first.returncode == 0, err[-3000:]
     assert sorted(read_metrics(tmp_path / "runs" / "same")) == list(range(1, steps + 1))
     lines = (tmp_path / "runs" / "same" / "metrics.jsonl").read_text().splitlines()
-    assert len([ln for ln in lines if '"actor/entropy"' in ln]) == steps  # each step exactly once
+    assert len([ln for ln in lines if '"timing/step_s"' in ln]) == steps  # each step exactly once
     assert not lock_file.exists()
 
 

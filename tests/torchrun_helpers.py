@@ -85,13 +85,14 @@ def write_recipe(recipe, out_dir: Path) -> tuple[Path, Path]:
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:
-    """metrics.jsonl -> {step: training metrics} (validation lines left out)."""
+    """metrics.jsonl -> {step: training metrics} (validation lines left out). A training line always has
+    its step time; the actor's statistics are missing when the step took no optimizer step."""
     import json
 
     rows = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        if "actor/entropy" in row:
+        if "timing/step_s" in row:
             rows[row["step"]] = row
     return rows
 
