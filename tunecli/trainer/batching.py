@@ -86,7 +86,9 @@ def plan_mini_batch(responses: list[list[int]], mini_batch: list[int], counted: 
             return 0.0
         return normalizer_count(response_mask([responses[i] for i in samples], [bool(counted[i]) for i in samples]), loss_agg_mode)
 
-    local = torch.tensor([count(mini_batch), count(run), float(trained[mini_batch].sum())])  # [3]
+    counted_here = count(mini_batch)
+    ran_here = count(run) if len(run) < len(mini_batch) else counted_here  # several ranks run every sample
+    local = torch.tensor([counted_here, ran_here, float(trained[mini_batch].sum())])  # [3]
     normalizer, ran, training = all_reduce(local).tolist()  # one collective
     return MiniBatch(run, normalizer, ran) if training > 0 and normalizer > 0 else None
 

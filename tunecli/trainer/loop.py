@@ -317,8 +317,8 @@ class Trainer:
                 self.optimizer.step()
                 averages.end_update()
         self.optimizer.zero_grad(set_to_none=True)
-        trained_frac = distributed.all_reduce_sum(float(trained.sum())) / distributed.all_reduce_sum(float(len(trained)))
-        return {**averages.means(), "actor/updates": float(averages.updates), "actor/trained_frac": trained_frac}
+        trained_n, samples = distributed.all_reduce_sum_tensor(torch.tensor([float(trained.sum()), float(len(trained))])).tolist()
+        return {**averages.means(), "actor/updates": float(averages.updates), "actor/trained_frac": trained_n / samples}
 
     def _micro_batches(self, rollout: Rollout, indices: list[int]) -> list[list[int]]:
         # In the order the forward pass runs fastest; the loss is a sum, so the order does not change the math.
