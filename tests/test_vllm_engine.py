@@ -71,7 +71,7 @@ def _settings(model_dir, lora_sync: str = "merge", enforce_eager: bool = True):
     recipe = Recipe.model_validate(
         {
             "model": {"method": "lora", "lora_rank": LORA_RANK, "lora_alpha": 16},
-            "data": {"max_prompt_length": 32, "max_response_length": MAX_NEW},
+            "data": {"max_prompt_length": 80, "max_response_length": MAX_NEW},
             "rollout": {
                 "name": "vllm",
                 "dtype": "float32",
@@ -203,6 +203,25 @@ def test_generate_groups_logprobs_and_flags(engine, prompts, model_dir):
     assert again.response_ids == rollout.response_ids
 
 
+def test_group_samples_share_cached_prompt_blocks_without_changing_the_draw(engine, model_dir):
+    """On the CPU the KV block is 32 tokens (vLLM's 128 left prompts under 128 tokens unshared): a
+    group's samples reuse the prompt's cached blocks, and that reuse leaves the seeded draw as it was."""
+    from transformers import AutoTokenizer
+
+    from tunecli.trainer.rollout.base import SamplingSettings
+
+    assert engine.llm.llm_engine.vllm_config.cache_config.block_size == 32
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    long_prompt = tok(" ".join(["Count the apples and the pears in the basket."] * 8))["input_ids"][:72]
+    assert len(long_prompt) == 72  # two whole blocks to share, within max_prompt_length
+    sampling = SamplingSettings(n=4, temperature=1.0, max_new_tokens=MAX_NEW, seed=11, logprobs=True)
+    engine.llm.reset_prefix_cache()
+    cold = engine.generate([long_prompt], sampling)
+    warm = engine.generate([long_prompt], sampling)  # the whole prompt now comes from the cache
+    assert warm.response_ids == cold.response_ids
+    torch.testing.assert_close(torch.tensor(sum(warm.logprobs, [])), torch.tensor(sum(cold.logprobs, [])), atol=2e-3, rtol=0)
+
+
 def test_full_weight_sync_changes_output_to_transformers(engine, prompts, model_dir):
     model = _hf_model(model_dir)
     before = _greedy(engine, prompts)
@@ -263,3 +282,4 @@ def test_compiled_engine_follows_lora_merge_sync(model_dir, prompts):
         assert after != before and after == _hf_greedy(policy, prompts)
     finally:
         engine.close()
+
