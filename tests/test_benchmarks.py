@@ -18,6 +18,7 @@ import _common  # noqa: E402
 import compare_trl  # noqa: E402
 import compile_update  # noqa: E402
 import limits  # noqa: E402
+import prefix_sharing  # noqa: E402
 
 
 def test_step_stats_and_speedup():
@@ -142,3 +143,13 @@ def test_compile_update_runs_the_trainers_update_on_quickstart_shaped_rollouts(c
     compile_update.worker("eager", updates=2, threads=1)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["mode"] == "eager" and len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
+
+
+def test_prefix_sharing_uses_the_quickstart_prompts_and_tabulates_per_block():
+    _, prompts = prefix_sharing.quickstart_prompts(4)
+    # Between one 32-token block and one 128-token block: the case the CPU block size decides.
+    assert len(prompts) == 4 and all(32 < len(p) < 128 for p in prompts)
+    rows = [{"block": 128, "full_s": 1.5, "prefill_s": 0.93, "prompt_tokens": 46, "cached": 0},
+            {"block": 32, "full_s": 0.9, "prefill_s": 0.3, "prompt_tokens": 46, "cached": 32}]
+    lines = prefix_sharing.table(rows).splitlines()
+    assert lines[2:] == ["| 128 | 1.500 | 0.930 | 0 of 46 |", "| 32 | 0.900 | 0.300 | 32 of 46 |"]

@@ -233,6 +233,11 @@ class VLLMEngine:
             seed=sampling.seed,
             detokenize=False,  # the trainer decodes; skip vLLM's incremental detokenizer
         )
+        # Each rollout starts from an empty prefix cache: blocks cached by an earlier call may hold
+        # other weights, and even under the same weights (a step without an optimizer step) a draw that
+        # hit them could differ from a resumed run's, which starts empty. Within a call, a group's
+        # samples still share their prompt's blocks.
+        self.llm.reset_prefix_cache()
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
             params,
@@ -292,8 +297,6 @@ class VLLMEngine:
         # The iterator is consumed inside the (in-process) worker, so at most one gathered tensor
         # is held outside the engine at a time.
         self.llm.collective_rpc(_load_weights_into_worker, args=(items,))
-        # Cached prefixes were computed with the old weights.
-        self.llm.reset_prefix_cache()
 
     def _push_adapter(self, stream: WeightStream) -> None:
         from safetensors.torch import save_file
@@ -313,7 +316,6 @@ class VLLMEngine:
         if old_id:
             self.llm.llm_engine.remove_lora(old_id)
             shutil.rmtree(self._lora_dir / f"step-{old_id}", ignore_errors=True)
-        self.llm.reset_prefix_cache()
 
     # -- memory -------------------------------------------------------------------------------
 
