@@ -2,6 +2,7 @@
 
     python benchmarks/compile_update.py              # eager, then compiled, each in its own process
     python benchmarks/compile_update.py --updates 12
+    python benchmarks/compile_update.py --profile    # eager only: where an update's time goes (torch.profiler)
 
 Regional compilation, as torchtune's ``compile_model`` does it: each decoder layer is compiled on
 its own (``layer.compile(dynamic=True)``, inductor), so the 30 layers share one compiled graph and
@@ -74,12 +75,38 @@ def worker(mode: str, updates: int, threads: int) -> None:
     print(json.dumps({"mode": mode, "compute": trainer.compute.dtype, "seconds": seconds}))
 
 
+def profile(updates: int, threads: int) -> None:
+    """Eager updates under torch.profiler: the ops taking the most time, and the matmuls' share."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    trainer = quickstart_trainer(threads)
+    advantages, active = torch.randn(32), torch.ones(32, dtype=torch.bool)
+    batches = rollouts(updates + 1)
+    with trainer.policy.cast_for_compute(trainer.compute.dtype):
+        trainer._update(batches[0], advantages, active)  # warm-up, not profiled
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for rollout in batches[1:]:
+            with trainer.policy.cast_for_compute(trainer.compute.dtype):
+                trainer._update(rollout, advantages, active)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmuls = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    print(f"{updates} updates, compute dtype {trainer.compute.dtype}: matmuls (mm, bmm, addmm) {matmuls / total:.0%} of the ops' own time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="Profile eager updates instead of comparing.")
     parser.add_argument("--worker", choices=["eager", "compiled"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        profile(args.updates, args.threads)
+        return
     if args.worker:
         worker(args.worker, args.updates, args.threads)
         return

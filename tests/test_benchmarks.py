@@ -153,3 +153,10 @@ def test_prefix_sharing_uses_the_quickstart_prompts_and_tabulates_per_block():
             {"block": 32, "full_s": 0.9, "prefill_s": 0.3, "prompt_tokens": 46, "cached": 32}]
     lines = prefix_sharing.table(rows).splitlines()
     assert lines[2:] == ["| 128 | 1.500 | 0.930 | 0 of 46 |", "| 32 | 0.900 | 0.300 | 32 of 46 |"]
+
+
+def test_compile_update_profile_reports_the_matmul_share(capsys):
+    compile_update.profile(updates=1, threads=1)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    share = int(last.rsplit("matmuls (mm, bmm, addmm) ", 1)[1].split("%")[0])
+    assert 0 < share < 100
