@@ -58,38 +58,37 @@ def quickstart_trainer(threads: int):
     return trainer
 
 
-def worker(mode: str, updates: int, threads: int) -> None:
+def timed_update(trainer, rollout) -> float:
+    """Seconds of one trainer ``_update`` on ``rollout``, every sample trained, as the trainer casts for it."""
     import torch
 
+    advantages, active = torch.randn(len(rollout)), torch.ones(len(rollout), dtype=torch.bool)
+    start = time.perf_counter()
+    with trainer.policy.cast_for_compute(trainer.compute.dtype):
+        trainer._update(rollout, advantages, active)
+    return time.perf_counter() - start
+
+
+def worker(mode: str, updates: int, threads: int) -> None:
     trainer = quickstart_trainer(threads)
     if mode == "compiled":
         for layer in trainer.policy.model.base_model.model.model.layers:
             layer.compile(dynamic=True)
-    advantages, active = torch.randn(32), torch.ones(32, dtype=torch.bool)
-    seconds = []
-    for rollout in rollouts(updates):
-        start = time.perf_counter()
-        with trainer.policy.cast_for_compute(trainer.compute.dtype):
-            trainer._update(rollout, advantages, active)
-        seconds.append(time.perf_counter() - start)
+    seconds = [timed_update(trainer, rollout) for rollout in rollouts(updates)]
     print(json.dumps({"mode": mode, "compute": trainer.compute.dtype, "seconds": seconds}))
 
 
 def profile(updates: int, threads: int) -> None:
     """Eager updates under torch.profiler: the ops taking the most time, and the matmuls' share."""
-    import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     trainer = quickstart_trainer(threads)
-    advantages, active = torch.randn(32), torch.ones(32, dtype=torch.bool)
     batches = rollouts(updates + 1)
-    with trainer.policy.cast_for_compute(trainer.compute.dtype):
-        trainer._update(batches[0], advantages, active)  # warm-up, not profiled
+    timed_update(trainer, batches[0])  # warm-up, not profiled
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for rollout in batches[1:]:
-            with trainer.policy.cast_for_compute(trainer.compute.dtype):
-                trainer._update(rollout, advantages, active)
+            timed_update(trainer, rollout)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     matmuls = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))

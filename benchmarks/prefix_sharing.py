@@ -59,14 +59,18 @@ def worker(block: int, args: argparse.Namespace) -> dict:
         llm.generate([TokensPrompt(prompt_token_ids=p) for p in chunk], params, use_tqdm=False)
         return time.perf_counter() - start
 
-    rollout(0, args.max_new_tokens), rollout(1, args.max_new_tokens)  # warm-up, not counted
+    def cached_tokens_of_first_prompt() -> int:
+        out = llm.generate([TokensPrompt(prompt_token_ids=prompts[0])], SamplingParams(max_tokens=1), use_tqdm=False)
+        return out[0].num_cached_tokens
+
+    for warm_up in (0, 1):  # not counted
+        rollout(warm_up, args.max_new_tokens)
     batches = range(2, args.batches + 2)
     full = [rollout(b, args.max_new_tokens) for b in batches]
     prefill = [rollout(b, 1) for b in batches]
-    llm.generate([TokensPrompt(prompt_token_ids=prompts[0])], SamplingParams(max_tokens=1), use_tqdm=False)
-    again = llm.generate([TokensPrompt(prompt_token_ids=prompts[0])], SamplingParams(max_tokens=1), use_tqdm=False)
+    cached_tokens_of_first_prompt()  # caches it
     return {"block": block, "full_s": statistics.median(full), "prefill_s": statistics.median(prefill),
-            "prompt_tokens": len(prompts[0]), "cached": again[0].num_cached_tokens}
+            "prompt_tokens": len(prompts[0]), "cached": cached_tokens_of_first_prompt()}
 
 
 def table(results: list[dict]) -> str:

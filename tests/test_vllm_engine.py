@@ -288,4 +288,3 @@ def test_compiled_engine_follows_lora_merge_sync(model_dir, prompts):
         assert after != before and after == _hf_greedy(policy, prompts)
     finally:
         engine.close()
-
