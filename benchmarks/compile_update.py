@@ -3,6 +3,7 @@
     python benchmarks/compile_update.py              # eager, then compiled, each in its own process
     python benchmarks/compile_update.py --updates 12
     python benchmarks/compile_update.py --profile    # eager only: where an update's time goes (torch.profiler)
+    python benchmarks/compile_update.py --micro 16 32 --pairs 5   # eager, per micro-batch size, alternated
 
 Regional compilation, as torchtune's ``compile_model`` does it: each decoder layer is compiled on
 its own (``layer.compile(dynamic=True)``, inductor), so the 30 layers share one compiled graph and
@@ -37,7 +38,7 @@ def rollouts(count: int, seed: int = 0) -> list:
     return out
 
 
-def quickstart_trainer(threads: int):
+def quickstart_trainer(threads: int, micro: int | None = None):
     import torch
 
     from tunecli.catalog import load_catalog
@@ -46,7 +47,8 @@ def quickstart_trainer(threads: int):
     from tunecli.trainer.loop import Trainer
     from tunecli.trainer.precision import resolve_compute_dtype
 
-    recipe = recipe_from_dict(load_catalog().preset("quickstart").recipe, [f"trainer.num_threads={threads}"])
+    micro_override = [f"actor.ppo_micro_batch_size_per_gpu={micro}"] if micro else []  # None: the preset's
+    recipe = recipe_from_dict(load_catalog().preset("quickstart").recipe, [f"trainer.num_threads={threads}", *micro_override])
     trainer = Trainer(recipe)
     trainer.dist = distributed.init("cpu")
     trainer.compute = resolve_compute_dtype(recipe.actor.compute_dtype, trainer.dist.device, distributed.all_reduce_sum)
@@ -69,13 +71,37 @@ def timed_update(trainer, rollout) -> float:
     return time.perf_counter() - start
 
 
-def worker(mode: str, updates: int, threads: int) -> None:
-    trainer = quickstart_trainer(threads)
+def worker(mode: str, updates: int, threads: int, micro: int | None = None) -> None:
+    trainer = quickstart_trainer(threads, micro)
     if mode == "compiled":
         for layer in trainer.policy.model.base_model.model.model.layers:
             layer.compile(dynamic=True)
     seconds = [timed_update(trainer, rollout) for rollout in rollouts(updates)]
-    print(json.dumps({"mode": mode, "compute": trainer.compute.dtype, "seconds": seconds}))
+    print(json.dumps({"mode": mode, "compute": trainer.compute.dtype, "micro": trainer.recipe.actor.ppo_micro_batch_size_per_gpu,
+                      "seconds": seconds}))
+
+
+def run_worker(mode: str, updates: int, threads: int, micro: int | None = None) -> dict:
+    """One ``worker`` in its own process (torch.compile and thread pools do not carry over), its JSON result."""
+    command = [sys.executable, __file__, "--worker", mode, "--updates", str(updates), "--threads", str(threads)]
+    done = subprocess.run([*command, *(["--micro", str(micro)] if micro else [])], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_micro_batches(sizes: list[int], pairs: int, updates: int, threads: int) -> None:
+    """Eager updates per micro-batch size (samples per forward/backward), the sizes alternated ``pairs`` times."""
+    medians: dict[int, list[float]] = {m: [] for m in sizes}
+    for _ in range(pairs):
+        for micro in sizes:
+            medians[micro].append(statistics.median(run_worker("eager", updates, threads, micro)["seconds"][1:]))
+    print(f"{updates} updates per run (median of updates 2-{updates}), {threads} threads")
+    print(micro_table(medians))
+
+
+def micro_table(medians: dict[int, list[float]]) -> str:
+    lines = ["| micro-batch (samples) | median update s, run by run | median of the runs |", "|---|---|---|"]
+    lines += [f"| {micro} | {' / '.join(f'{s:.2f}' for s in runs)} | {statistics.median(runs):.2f} |" for micro, runs in medians.items()]
+    return "\n".join(lines)
 
 
 def profile(updates: int, threads: int) -> None:
@@ -101,19 +127,21 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="Profile eager updates instead of comparing.")
+    parser.add_argument("--micro", type=int, nargs="+", metavar="N",
+                        help="Eager only: compare these micro-batch sizes (actor.ppo_micro_batch_size_per_gpu).")
+    parser.add_argument("--pairs", type=int, default=3, help="With --micro: how many times the sizes alternate.")
     parser.add_argument("--worker", choices=["eager", "compiled"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
         profile(args.updates, args.threads)
         return
     if args.worker:
-        worker(args.worker, args.updates, args.threads)
+        worker(args.worker, args.updates, args.threads, args.micro[0] if args.micro else None)
         return
-    results = {}
-    for mode in ("eager", "compiled"):
-        done = subprocess.run([sys.executable, __file__, "--worker", mode, "--updates", str(args.updates),
-                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
-        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    if args.micro:
+        compare_micro_batches(args.micro, args.pairs, args.updates, args.threads)
+        return
+    results = {mode: run_worker(mode, args.updates, args.threads) for mode in ("eager", "compiled")}
     eager, compiled = (statistics.median(results[m]["seconds"][1:]) for m in ("eager", "compiled"))
     first = results["compiled"]["seconds"][0]
     print(f"compute dtype {results['eager']['compute']}, {args.updates} updates each, {args.threads} threads")

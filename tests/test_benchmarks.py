@@ -145,6 +145,14 @@ def test_compile_update_runs_the_trainers_update_on_quickstart_shaped_rollouts(c
     assert result["mode"] == "eager" and len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
 
 
+def test_compile_update_runs_a_micro_batch_size_and_tabulates_the_runs(capsys):
+    compile_update.worker("eager", updates=1, threads=1, micro=8)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["micro"] == 8 and len(result["seconds"]) == 1
+    lines = compile_update.micro_table({16: [1.85, 1.81, 2.0], 32: [1.5, 1.61, 1.32]}).splitlines()
+    assert lines[2:] == ["| 16 | 1.85 / 1.81 / 2.00 | 1.85 |", "| 32 | 1.50 / 1.61 / 1.32 | 1.50 |"]
+
+
 def test_prefix_sharing_uses_the_quickstart_prompts_and_tabulates_per_block():
     _, prompts = prefix_sharing.quickstart_prompts(4)
     # Between one 32-token block and one 128-token block: the case the CPU block size decides.
