@@ -468,6 +468,36 @@ def test_bf16_compute_dtype_runs_matmuls_in_bf16_and_stays_close(tmp_path, tiny_
     assert torch.allclose(fp32, bf16, atol=0.1)
 
 
+def test_frozen_weights_cast_once_and_again_after_an_in_place_write():
+    """The bf16 copies of frozen weights are kept from one block of passes to the next (the same
+    storage), and a weight written in place since (a resumed run's load) is cast again."""
+    import torch
+
+    from tunecli.trainer.policy import frozen_linear_weights_as
+
+    torch.manual_seed(0)
+    embed, hidden, head = torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10, bias=False)
+    head.weight = embed.weight  # tied: the head gets a copy, the lookup keeps fp32
+    model = torch.nn.Sequential(embed, hidden, head).requires_grad_(False)
+    cache: dict = {}
+
+    def cast_storages():
+        with frozen_linear_weights_as(torch.bfloat16, model, cache=cache):
+            assert hidden.weight.dtype == head.weight.dtype == torch.bfloat16 and embed.weight.dtype == torch.float32
+            assert torch.equal(hidden.weight, before.to(torch.bfloat16))
+            return hidden.weight.detach(), head.weight.detach()  # held: a fresh cast cannot reuse their memory
+
+    before = hidden.weight.detach().clone()
+    first = cast_storages()
+    assert hidden.weight.dtype == torch.float32 and head.weight is embed.weight  # restored after the block
+    second = cast_storages()
+    assert [t.data_ptr() for t in second] == [t.data_ptr() for t in first]  # reused, not cast again
+    with torch.no_grad():
+        hidden.weight.add_(1.0)
+    before = hidden.weight.detach().clone()
+    assert cast_storages()[0].data_ptr() != first[0].data_ptr()  # the in-place write is seen
+
+
 def test_inverse_cdf_sampler_draws_from_the_processed_distribution():
     """The hf engine's sampler: frequencies follow softmax(scores), masked tokens never come up,
     and exactly one token per row stays finite (what greedy decoding then picks)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ class Policy:
     model_path: str  # resolved local dir or hub id (what a vLLM engine loads)
     is_lora: bool
     frozen_reference: torch.nn.Module | None = None  # full fine-tuning only
+    compute_copies: dict = field(default_factory=dict, repr=False)  # frozen weights in the compute dtype, reused
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -53,7 +54,8 @@ class Policy:
             yield
             return
         with contextlib.ExitStack() as stack:
-            stack.enter_context(frozen_linear_weights_as(torch.bfloat16, self.model, self.frozen_reference))
+            stack.enter_context(frozen_linear_weights_as(torch.bfloat16, self.model, self.frozen_reference,
+                                                         cache=self.compute_copies))
             if self.is_lora:
                 from peft.helpers import disable_input_dtype_casting
 
@@ -148,7 +150,7 @@ def _add_lora(model, cfg):
 
 
 @contextlib.contextmanager
-def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None) -> Iterator[None]:
+def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None, cache: dict | None = None) -> Iterator[None]:
     """Hold the frozen Linear weights of ``models`` in ``dtype`` for a block of autocast passes.
 
     Autocast caches its casts only for leaf tensors that require grad, so a LoRA run's frozen base
@@ -158,6 +160,10 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
     is unchanged. A weight shared with a non-Linear module (an LM head tied to the input embeddings)
     keeps its fp32 storage, since the embedding lookup must keep returning fp32: the Linear gets its
     own cast copy for the block instead. Sharded (FSDP2) models are left alone.
+
+    ``cache`` keeps the cast copies from one block to the next (frozen weights do not change between
+    steps): the cast of the quickstart's 135M frozen weights, fresh memory each step, took ~0.1 s of a
+    1 s update. A weight written in place since (a resumed run's load) is cast again.
     """
     linears: list[torch.nn.Linear] = []
     other: set[torch.nn.Parameter] = set()
@@ -175,17 +181,13 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
 
     own = {id(p): p for m in linears for p in m.parameters(recurse=False) if frozen(p) and p not in other}
     originals = [(p, p.data) for p in own.values()]
-    tied: list[tuple[torch.nn.Linear, torch.nn.Parameter]] = []
-    copies: dict[int, torch.nn.Parameter] = {}
-    for m in linears:
-        if frozen(m.weight) and m.weight in other:
-            if id(m.weight) not in copies:
-                copies[id(m.weight)] = torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
-            tied.append((m, m.weight))
-    for p in own.values():
-        p.data = p.data.to(dtype)
+    cache = {} if cache is None else cache
+    tied = [(m, m.weight) for m in linears if frozen(m.weight) and m.weight in other]
+    copies = {id(w): torch.nn.Parameter(_cast_copy(w, dtype, cache), requires_grad=False) for _, w in tied}
     for m, weight in tied:
         m.weight = copies[id(weight)]
+    for p in own.values():
+        p.data = _cast_copy(p, dtype, cache)
     try:
         yield
     finally:
@@ -193,3 +195,13 @@ def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None
             p.data = data
         for m, weight in tied:
             m.weight = weight
+
+
+def _cast_copy(weight: torch.Tensor, dtype: torch.dtype, cache: dict) -> torch.Tensor:
+    """``weight`` in ``dtype``: the cached copy while the weight is the same tensor, unwritten since."""
+    stamp = (weight.data_ptr(), weight._version, dtype)
+    cached_stamp, copy_ = cache.get(id(weight), (None, None))
+    if cached_stamp != stamp:
+        copy_ = weight.detach().to(dtype)
+        cache[id(weight)] = (stamp, copy_)
+    return copy_
