@@ -49,13 +49,17 @@ class Policy:
 
         And peft's LoRA layers stop casting their input to the adapter's fp32: autocast cast a bf16
         input up and straight back down for each adapter matmul (the same values, two copies).
+
+        On the CPU the copies are kept between blocks (RAM, where a fresh copy costs page faults every
+        step); on a GPU they are freed after each block, so the rollout engine gets that memory back.
         """
         if compute_dtype != "bfloat16":
             yield
             return
+        on_cpu = next(self.model.parameters()).device.type == "cpu"
         with contextlib.ExitStack() as stack:
             stack.enter_context(frozen_linear_weights_as(torch.bfloat16, self.model, self.frozen_reference,
-                                                         cache=self.compute_copies))
+                                                         cache=self.compute_copies if on_cpu else None))
             if self.is_lora:
                 from peft.helpers import disable_input_dtype_casting
 
@@ -150,7 +154,9 @@ def _add_lora(model, cfg):
 
 
 @contextlib.contextmanager
-def frozen_linear_weights_as(dtype: torch.dtype, *models: torch.nn.Module | None, cache: dict | None = None) -> Iterator[None]:
+def frozen_linear_weights_as(
+    dtype: torch.dtype, *models: torch.nn.Module | None, cache: dict | None = None
+) -> Iterator[None]:
     """Hold the frozen Linear weights of ``models`` in ``dtype`` for a block of autocast passes.
 
     Autocast caches its casts only for leaf tensors that require grad, so a LoRA run's frozen base
