@@ -13,8 +13,8 @@ Each saves its adapter as it stood at fixed wall-clock marks; afterwards one eva
 snapshot of both on the same held-out questions (the quickstart's held-out split, 128 by default) with
 the same vLLM engine: greedy accuracy and the mean accuracy of 4 samples at the training temperature.
 Times are minutes since the run's process started; "min to X%" is the first mark whose greedy
-accuracy reaches X, so its resolution is the spacing of the marks. Absolute minutes differ between
-machines; the ratios are what the benchmark claims.
+accuracy reaches X, so its resolution is the spacing of the marks (5 s early on, 1 min after 6 min).
+Absolute minutes differ between machines; the ratios are what the benchmark claims.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_summary, print_table, run_child  # noqa: E402
 
-# Dense early (tunecli's curve rises in its first minutes), then every minute: 21 marks for 10 minutes.
-DEFAULT_MARKS_MIN = (*(q / 4 for q in range(1, 13)), 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10)
+# "min to X%" can be no finer than the marks. tunecli crosses 60% near half a minute, where 15-s marks
+# were half the value measured; TRL crosses 60% and 75% at 2-5 min. So: every 5 s to 1.5 min, every 10 s
+# to 3 min, every 15 s to 6 min, then every minute (43 marks for 10 minutes; a greedy score is reused
+# for a mark whose snapshot is of a step already scored, so TRL's ~10-s steps cost one score a step).
+DEFAULT_MARKS_MIN = (*(k / 12 for k in range(1, 19)), *(1.5 + k / 6 for k in range(1, 10)),
+                     *(3 + k / 4 for k in range(1, 13)), 7, 8, 9, 10)
 TABLE_AT_MIN = (2, 5, 10)
 THRESHOLDS = (0.5, 0.6, 0.75)
 
@@ -143,13 +147,13 @@ def _pct(x: float | None) -> str:
 
 
 def _min(x: float) -> str:
-    return "never" if x == float("inf") else f"{x:.1f}"
+    return "never" if x == float("inf") else f"{x:.2f}"
 
 
 def _ratio(trl: float, ours: float) -> str:
     if ours == float("inf"):
         return "-"
-    return "TRL never" if trl == float("inf") else f"{trl / max(ours, 1e-9):.1f}x"
+    return "TRL never" if trl == float("inf") else f"{trl / max(ours, 1e-9):.2f}x"
 
 
 def plot(curves, path: Path, samples: int) -> None:

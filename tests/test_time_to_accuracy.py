@@ -49,7 +49,7 @@ def test_a_mark_gets_the_adapter_as_it_stood_at_that_time(tmp_path, monkeypatch)
 
 
 def test_marks_scale_with_the_budget_and_end_on_it():
-    assert tta.marks_for(10)[-1] == 600 and tta.marks_for(10)[0] == 15
+    assert tta.marks_for(10)[-1] == 600 and tta.marks_for(10)[0] == 5 and tta.marks_for(10)[:3] == [5, 10, 15]
     assert tta.marks_for(5)[-1] == 300 and len(tta.marks_for(5)) == len(tta.DEFAULT_MARKS_MIN)
 
 
@@ -73,9 +73,9 @@ def test_medians_and_ratio_against_trl():
     header, rows = tta.median_rows(curves)
     by_name = {r[0]: r for r in rows}
     # load 0.5 min on both sides: training-only minutes are 0.5 less
-    assert by_name["tunecli-vllm"][2:5] == ["1.0 / 0.5", "2.0 / 1.5", "10.0 / 9.5"]
-    assert by_name["trl"][2:5] == ["4.0 / 3.5", "8.0 / 7.5", "never / never"]
-    assert by_name["TRL / tunecli-vllm"][2:5] == ["4.0x / 7.0x", "4.0x / 5.0x", "TRL never / TRL never"]
+    assert by_name["tunecli-vllm"][2:5] == ["1.00 / 0.50", "2.00 / 1.50", "10.00 / 9.50"]
+    assert by_name["trl"][2:5] == ["4.00 / 3.50", "8.00 / 7.50", "never / never"]
+    assert by_name["TRL / tunecli-vllm"][2:5] == ["4.00x / 7.00x", "4.00x / 5.00x", "TRL never / TRL never"]
     assert by_name["tunecli-vllm"][-1] == "0.0"  # final = best
 
 
