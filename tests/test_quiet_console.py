@@ -6,6 +6,7 @@ per tensor) through `tune train`, its stdout and stderr sent to a pipe as under 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -98,20 +99,41 @@ def test_summary_table_has_no_empty_header_row(tmp_path):
     assert "steps trained" in first_row and "1" in first_row
 
 
+def _narrowing_record(stored, param):
+    return logging.LogRecord("vllm.model_executor.models.utils", logging.WARNING, "utils.py", 333,
+                             "Attempted to load weight %s with dtype %s into parameter with dtype %s",
+                             ("layers.0.mlp.down_proj.weight", stored, param), None)
+
+
+def test_only_the_narrowing_the_recipe_asked_for_is_silenced():
+    import torch
+
+    from tunecli.trainer.rollout.vllm import _ExpectedNarrowing
+
+    bf16, auto = _ExpectedNarrowing("bfloat16"), _ExpectedNarrowing("auto")
+    assert not bf16.filter(_narrowing_record(torch.float32, torch.bfloat16))
+    assert not auto.filter(_narrowing_record(torch.float32, torch.float16))
+    assert bf16.filter(_narrowing_record(torch.float32, torch.float16))  # not the dtype asked for
+    assert bf16.filter(_narrowing_record(torch.bfloat16, torch.float16))  # a lossy mismatch of another kind
+    assert _ExpectedNarrowing("float32").filter(_narrowing_record(torch.float32, torch.bfloat16))
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-head"])
-def test_engine_started_without_narrowed_files_samples_the_policy(tmp_path, tied):
-    """The cause of vLLM's 122 'Attempted to load weight ... float32 into bfloat16' lines: the engine
-    narrowed the float32 files itself. Now it starts empty and the policy's weights are pushed, cast
-    once by us; greedy output equals the engine that read (and narrowed) the files."""
+def test_engine_reads_float32_files_quietly_and_samples_the_policy(tmp_path, monkeypatch, tied):
+    """A bf16 engine narrows float32 files with one vLLM 'Attempted to load weight ... float32 into
+    bfloat16' line per tensor (122 for the embedded model). The engine reads the files (faster than
+    starting empty and pushing the policy: setup 8.5 s against 9.4 s on the quickstart) and silences
+    exactly those lines; its greedy output equals the same engine after the policy's weights, cast by us,
+    are pushed into it."""
     pytest.importorskip("vllm")
     import torch
     from transformers import AutoModelForCausalLM
 
     from tests.test_vllm_engine import _make_peaky_model, _settings
     from tunecli.trainer.rollout import SamplingSettings, make_engine
-    from tunecli.trainer.rollout.vllm import VLLMEngine
+    from tunecli.trainer.weights import weight_stream
 
     model_dir = _make_peaky_model(tmp_path / "m", tied=tied)  # a tied head once came out random here
     settings = _settings(model_dir)
@@ -119,15 +141,18 @@ def test_engine_started_without_narrowed_files_samples_the_policy(tmp_path, tied
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     prompts = [[1, 2, 3, 4], [5, 6, 7]]
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=8, logprobs=False)
-    pushed = make_engine(settings, policy, None)
+    # What passes the logger's filters reaches callHandlers. (A handler would not do: vLLM's logging
+    # set-up at the first engine start clears the handlers of its loggers' existing children.)
+    loader = logging.getLogger("vllm.model_executor.models.utils")
+    shown: list[str] = []
+    monkeypatch.setattr(loader, "callHandlers", lambda record: shown.append(record.getMessage()))
+    engine = make_engine(settings, policy, None)
+    monkeypatch.undo()
     try:
-        assert pushed.llm.llm_engine.vllm_config.load_config.load_format == "dummy"
-        assert not pushed.weights_pending
-        out_pushed = pushed.generate(prompts, greedy).response_ids
+        assert engine.llm.llm_engine.vllm_config.load_config.load_format != "dummy"
+        assert not [m for m in shown if "Attempted to load weight" in m], shown[:3]
+        from_files = engine.generate(prompts, greedy).response_ids
+        engine.update_weights(weight_stream(policy, "full"))
+        assert engine.generate(prompts, greedy).response_ids == from_files
     finally:
-        pushed.close()
-    from_files = VLLMEngine(settings)
-    try:
-        assert from_files.generate(prompts, greedy).response_ids == out_pushed
-    finally:
-        from_files.close()
+        engine.close()

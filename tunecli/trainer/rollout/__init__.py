@@ -24,8 +24,5 @@ def make_engine(settings: EngineSettings, policy: torch.nn.Module, tokenizer) ->
     if name == "vllm":
         from tunecli.trainer.rollout.vllm import VLLMEngine
 
-        engine = VLLMEngine(settings, weights_from_caller=True)
-        if engine.weights_pending:  # started without weights (no narrowing of the files): push the policy's
-            engine.update_weights(weight_stream(policy, engine.weight_format))
-        return engine
+        return VLLMEngine(settings)  # from the model's files, which the freshly loaded policy equals
     raise ValueError(f"unknown rollout engine {name!r}")  # the schema's Literal makes this unreachable
