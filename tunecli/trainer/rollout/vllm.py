@@ -43,6 +43,7 @@ import torch
 
 from tunecli.config.sizes import kv_cache_bytes_per_token
 from tunecli.console import is_verbose
+from tunecli.trainer.policy import DTYPES
 from tunecli.trainer.rollout.base import EngineSettings, Rollout, SamplingSettings
 from tunecli.trainer.weights import WeightFormat, WeightStream
 
@@ -83,7 +84,7 @@ class _ExpectedNarrowing(logging.Filter):
     def __init__(self, dtype: str) -> None:
         super().__init__()
         # rollout.dtype auto: vLLM picks a 16-bit dtype for float32 files
-        self.narrow = (torch.bfloat16, torch.float16) if dtype == "auto" else (getattr(torch, dtype),)
+        self.narrow = (torch.bfloat16, torch.float16) if dtype == "auto" else (DTYPES[dtype],)
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
@@ -206,15 +207,16 @@ class VLLMEngine:
         self._reload_warnings = _ExpectedReloadWarnings()
         for logger in _RELOAD_LOGGERS:
             logging.getLogger(logger).addFilter(self._reload_warnings)
-        self._narrowing = _ExpectedNarrowing(cfg.dtype)
-        logging.getLogger(_LOADER_LOGGER).addFilter(self._narrowing)
         # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process; the
         # trainer shares this process and must keep control of its own thread count.
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        narrowing, loader = _ExpectedNarrowing(cfg.dtype), logging.getLogger(_LOADER_LOGGER)
+        loader.addFilter(narrowing)  # the files are read here only: syncs arrive in the engine's dtype
         start = time.perf_counter()
         try:
             self.llm = LLM(**kwargs)
         finally:
+            loader.removeFilter(narrowing)
             torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)
         self.start_s = time.perf_counter() - start
@@ -344,7 +346,6 @@ class VLLMEngine:
     def close(self) -> None:
         for logger in _RELOAD_LOGGERS:
             logging.getLogger(logger).removeFilter(self._reload_warnings)
-        logging.getLogger(_LOADER_LOGGER).removeFilter(self._narrowing)
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             del llm
