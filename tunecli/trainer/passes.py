@@ -287,16 +287,16 @@ class GroupRowsPass:
                 logits_to_keep=keep,
                 use_cache=False,
             ).logits  # [G, 1 + width, V]
+        # One kernel call over all the logits, so their gradient is written once: column 0 (the
+        # prompt's last position) is scored for each sample's first token, the others for one token.
         per_row = rows.first_targets.shape[1]
-        first = logits[:, :1, :].expand(-1, per_row, -1)  # [G, S, V]  one prediction, each sample's first token
-        logp_first, ent_first = token_logprobs_and_entropy(
-            first, rows.first_targets.to(device), temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
-        )  # [G, S]
-        logp_next, ent_next = token_logprobs_and_entropy(
-            logits[:, 1:, :], rows.next_targets.to(device), temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
-        )  # [G, width]
-        logp = rows.gather(logp_first, logp_next)  # [m, R]
-        return logp, rows.gather(ent_first, ent_next) if entropy else None
+        targets = torch.zeros(logits.shape[0], logits.shape[1], per_row, dtype=torch.long)  # [G, 1 + width, S]
+        targets[:, 0, :], targets[:, 1:, 0] = rows.first_targets, rows.next_targets
+        logp, ent = token_logprobs_and_entropy(
+            logits, targets.to(device), temperature=temperature, entropy=entropy, entropy_grad=entropy_grad
+        )  # [G, 1 + width, S], [G, 1 + width]
+        scores = rows.gather(logp[:, 0, :], logp[:, 1:, 0])  # [m, R]
+        return scores, rows.gather(ent[:, :1].expand(-1, per_row), ent[:, 1:]) if entropy else None
 
 
 # ---------------------------------------------------------------------------------------------
