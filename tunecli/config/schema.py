@@ -236,6 +236,12 @@ class ActorConfig(Section):
         "model.dtype. auto: bfloat16 on GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX; bf16 "
         "matmul measured 2.6-4.2x fp32 there), else float32.",
     )
+    use_torch_compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer for the training passes (verl's key; torchtune's regional "
+        "compile). The first update compiles (40 s on a 2-core CPU, ~6 s with inductor's cache warm), then "
+        "updates ran 30% faster there: for long runs.",
+    )
     grad_clip: float = Field(1.0, gt=0, le=1e6, description="Max global gradient norm (1e6: in effect no clipping).")
     param_offload: bool = Field(False, description="FSDP2: keep parameters on the CPU between uses (GPU).")
     optimizer_offload: bool = Field(False, description="FSDP2: keep optimizer state on the CPU (GPU).")

@@ -45,6 +45,7 @@ RESUME_SAFE_FIELDS = {
     "actor.optimizer_offload",
     "model.enable_gradient_checkpointing",
     "model.attn_implementation",
+    "actor.use_torch_compile",  # the same math, compiled
     "rollout.name",
     "rollout.gpu_memory_utilization",
     "rollout.tensor_model_parallel_size",

@@ -243,6 +243,23 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     apply_activation_checkpointing(model, check_fn=lambda m: type(m) in layer_types)
 
 
+def compile_decoder_layers(model: torch.nn.Module) -> None:
+    """torch.compile each decoder layer in place (torchtune's regional compile, before FSDP2 shards).
+
+    The layers share one compiled graph, so compiling costs one layer's worth however deep the
+    model; ``dynamic=True`` because every GRPO batch has other lengths. ``Module.compile`` keeps the
+    parameter names, so checkpoints and the weight sync are unchanged.
+
+    Frozen input embeddings (LoRA) are made to return a tensor that requires grad, as every later
+    layer's input does: otherwise the first layer's input differs in that, and it compiles apart.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and not any(p.requires_grad for p in embeddings.parameters()):
+        embeddings.register_forward_hook(lambda module, args, output: output.requires_grad_(torch.is_grad_enabled()))
+    for layer in decoder_layers(model):
+        layer.compile(dynamic=True)
+
+
 def wrap_policy(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     """Put ``model`` on this rank's device and, for fsdp2 over several ranks, shard it.
 
@@ -253,6 +270,8 @@ def wrap_policy(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     dist_info = info()
     if recipe.model.enable_gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if recipe.actor.use_torch_compile:
+        compile_decoder_layers(model)
     if recipe.launch.strategy != "fsdp2" or not _active():
         return model.to(dist_info.device)
 
@@ -283,6 +302,13 @@ def wrap_policy(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
         # unshard) around it. Use it inside ``unsharded`` so the layers do not all-gather per token.
         register_fsdp_forward_method(model, "generate")
     return model
+
+
+def wrap_reference(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    """Full fine-tuning's frozen reference on this rank's device (never sharded), compiled like the policy."""
+    if recipe.actor.use_torch_compile:
+        compile_decoder_layers(model)
+    return model.to(info().device)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -106,7 +106,7 @@ class Trainer:
         self.policy = load_policy(cfg, self.dist.device, with_reference=cfg.actor.use_kl_loss)
         self.policy.model = distributed.wrap_policy(self.policy.model, cfg)
         if self.policy.frozen_reference is not None:
-            self.policy.frozen_reference.to(self.dist.device)
+            self.policy.frozen_reference = distributed.wrap_reference(self.policy.frozen_reference, cfg)
         self.tokenizer = self.policy.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
         settings = PassSettings(self.dist.device, self.pad_id, cfg.rollout.temperature, bf16=self.compute.dtype == "bfloat16")

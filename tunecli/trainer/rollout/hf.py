@@ -83,7 +83,9 @@ class HFEngine:
         per_chunk = max(1, self.max_num_seqs // sampling.n)  # prompts per generate call
         try:
             # FSDP2: gather the full weights once, so ranks that stop at different lengths never wait.
-            with distributed.unsharded(self.model), torch.random.fork_rng(
+            # Eager even where actor.use_torch_compile compiled the layers for the training passes:
+            # decoding with a KV cache would compile graphs of its own (9 s a rollout on a tiny model).
+            with distributed.unsharded(self.model), torch.compiler.set_stance("force_eager"), torch.random.fork_rng(
                 devices=[] if self.device.type == "cpu" else [self.device], enabled=sampling.seed is not None
             ):
                 if sampling.seed is not None:
