@@ -23,7 +23,7 @@ def fake_recipe(strategy: str, checkpointing: bool) -> SimpleNamespace:
     return SimpleNamespace(
         launch=SimpleNamespace(strategy=strategy),
         model=SimpleNamespace(enable_gradient_checkpointing=checkpointing),
-        actor=SimpleNamespace(param_offload=False, optimizer_offload=False),
+        actor=SimpleNamespace(param_offload=False, optimizer_offload=False, use_torch_compile=False),
     )
 
 

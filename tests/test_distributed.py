@@ -102,7 +102,7 @@ def test_wrap_policy_single_process_keeps_model_and_enables_checkpointing(tiny_m
     recipe = SimpleNamespace(
         launch=SimpleNamespace(strategy="fsdp2"),
         model=SimpleNamespace(enable_gradient_checkpointing=True),
-        actor=SimpleNamespace(param_offload=False, optimizer_offload=False),
+        actor=SimpleNamespace(param_offload=False, optimizer_offload=False, use_torch_compile=False),
     )
     wrapped = D.wrap_policy(model, recipe)
     assert wrapped is model and not D.is_sharded(wrapped)  # a world of one is never sharded
