@@ -240,7 +240,7 @@ class ActorConfig(Section):
         False,
         description="torch.compile each decoder layer for the training passes (verl's key; torchtune's regional "
         "compile). The first update compiles (40 s on a 2-core CPU, ~6 s with inductor's cache warm), then "
-        "updates ran 30% faster there: for long runs.",
+        "updates ran 22-31% faster there: for long runs.",
     )
     grad_clip: float = Field(1.0, gt=0, le=1e6, description="Max global gradient norm (1e6: in effect no clipping).")
     param_offload: bool = Field(False, description="FSDP2: keep parameters on the CPU between uses (GPU).")
