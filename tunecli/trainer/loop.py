@@ -36,7 +36,7 @@ from tunecli.trainer.passes import PassSettings, choose_pass
 from tunecli.trainer.policy import load_policy
 from tunecli.trainer.precision import resolve_compute_dtype
 from tunecli.trainer.rollout import EngineSettings, Rollout, SamplingSettings, make_engine
-from tunecli.trainer.schedule import lr_lambda
+from tunecli.trainer.schedule import adamw, lr_lambda
 from tunecli.trainer.scoring import accuracy_counts, completion_rows, recipe_rewards, score_rollout
 from tunecli.trainer.stopping import StopRules
 from tunecli.trainer.trackers import check_available, open_trackers
@@ -124,7 +124,7 @@ class Trainer:
 
     def _setup_optimizer(self) -> None:
         actor = self.recipe.actor
-        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=actor.lr, weight_decay=actor.weight_decay)
+        self.optimizer = adamw(self.policy.trainable_parameters(), lr=actor.lr, weight_decay=actor.weight_decay)
         self.schedule_steps = self.total_steps  # the LR schedule's length (a time budget may end the run sooner)
         lr_factor = lr_lambda(actor.lr_warmup_steps, self.schedule_steps, actor.lr_scheduler_type)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)

@@ -1,9 +1,25 @@
-"""The learning-rate schedule: linear warmup, then constant or cosine to the run's last step."""
+"""The optimizer and its learning-rate schedule: AdamW, linear warmup, then constant or cosine to the run's last step."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import torch
+
+# torch's fused AdamW runs the whole update of every parameter in one kernel per dtype/device group;
+# its default on the CPU is the per-tensor loop (foreach is only the default for CUDA tensors). For
+# the quickstart's 420 LoRA tensors: 19.5 ms -> 7 ms a step on the 2-core test machine, same values
+# to float rounding (benchmarks/README.md).
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def adamw(params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where every parameter is a floating-point tensor on a device with the fused kernel
+    (FSDP2's DTensors included: the kernel runs on each rank's shard)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
