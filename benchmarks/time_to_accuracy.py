@@ -39,6 +39,12 @@ TABLE_AT_MIN = (2, 5, 10)
 THRESHOLDS = (0.5, 0.6, 0.75)
 
 
+def table_marks(minutes: float) -> list[float]:
+    """The table's columns (minutes): TABLE_AT_MIN within the budget, then the budget itself, so a
+    5-minute run shows 2 and 5, not a "10 min" column holding its 5-minute score."""
+    return [m for m in TABLE_AT_MIN if m < minutes - 1e-9] + [minutes]
+
+
 def marks_for(minutes: float) -> list[float]:
     """Mark times in seconds: the default marks scaled to the budget, the budget itself last."""
     scale = minutes / 10.0
@@ -78,7 +84,7 @@ def evaluate_runs(args, work: Path, folders: list[Path]) -> Path:
     # mean@K (K times the work of greedy) at the table's marks only
     spec = Spec(kind="eval", out=str(results), threads=args.threads, questions=args.questions, samples=args.samples,
                 snapshot_dirs=[str(f) for f in folders], score_marks=scored,
-                sampled_marks=[m * 60 for m in TABLE_AT_MIN])
+                sampled_marks=[m * 60 for m in table_marks(args.minutes)])
     child = run_child([sys.executable, __file__, "--worker", spec_json(spec)], log_path=work / "eval.log")
     if child.returncode != 0:
         raise SystemExit(f"evaluation failed (exit {child.returncode}); see {work / 'eval.log'}")
@@ -108,15 +114,17 @@ def minutes_to(points: list[dict], threshold: float) -> float:
 
 
 def summary_rows(curves, samples: int) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "load (min)", "steps", *[f"greedy @ {m} min" for m in TABLE_AT_MIN], f"mean@{samples} @ {TABLE_AT_MIN[-1]} min",
+    budget = max(p["mark_s"] for seeds in curves.values() for points in seeds.values() for p in points) / 60
+    columns = table_marks(round(budget, 3))
+    header = ["run", "load (min)", "steps", *[f"greedy @ {m:g} min" for m in columns], f"mean@{samples} @ {columns[-1]:g} min",
               "best greedy", *[f"min to {int(t * 100)}%" for t in THRESHOLDS]]
     rows = []
     for who, seeds in curves.items():
         for seed, points in sorted(seeds.items()):
             info = points[0]["info"]
-            at = [accuracy_at(points, m) for m in TABLE_AT_MIN]
+            at = [accuracy_at(points, m) for m in columns]
             rows.append([f"{who} seed {seed}", f"{info['load_s'] / 60:.2f}", str(info["steps"]),
-                         *[_pct(a) for a in at], _pct(accuracy_at(points, TABLE_AT_MIN[-1], f"mean@{samples}")),
+                         *[_pct(a) for a in at], _pct(accuracy_at(points, columns[-1], f"mean@{samples}")),
                          _pct(max(p["greedy"] for p in points)), *[_min(minutes_to(points, t)) for t in THRESHOLDS]])
     return header, rows
 
