@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 # set: TRL's side is not compiled (its generate() would be too; not measured).
 CONTENDERS = ("tunecli-vllm", "trl", "tunecli-hf", "tunecli-vllm-compiled")
 OPTIONAL_CONTENDERS = ("tunecli-vllm-compiled-passes",)
+KNOWN_CONTENDERS = CONTENDERS + OPTIONAL_CONTENDERS
 
 
 @dataclass
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the alternation")
-    parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma list from {CONTENDERS + OPTIONAL_CONTENDERS}")
+    parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma list from {KNOWN_CONTENDERS}")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all cores)")
     parser.add_argument(
         "--precision",
@@ -409,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         precision=args.precision,
     )
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = set(names) - set(CONTENDERS + OPTIONAL_CONTENDERS)
+    unknown = set(names) - set(KNOWN_CONTENDERS)
     if unknown:
-        parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {CONTENDERS + OPTIONAL_CONTENDERS}")
+        parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {KNOWN_CONTENDERS}")
     work = args.report or args.workdir or Path(tempfile.mkdtemp(prefix="tunecli-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_summary()}")
