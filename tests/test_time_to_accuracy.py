@@ -96,13 +96,13 @@ def test_report_from_a_workdir(tmp_path, capsys):
     assert "| tunecli-vllm seed 0 | 0.20 | 9 | 40.0% | 70.0% | 75.0% |" in md
 
 
-
-def test_table_columns_end_on_the_budget(tmp_path):
+def test_table_columns_end_on_the_budget():
     assert tta.table_marks(10) == [2, 5, 10] and tta.table_marks(5) == [2, 5] and tta.table_marks(1.5) == [1.5]
     curves = {"tunecli-vllm": {0: _points({1: 0.5, 2: 0.6, 5: 0.8})}}  # a 5-minute run
     header, rows = tta.summary_rows(curves, 4)
     assert header[3:6] == ["greedy @ 2 min", "greedy @ 5 min", "mean@4 @ 5 min"]
     assert rows[0][3:6] == ["60.0%", "80.0%", "40.0%"] and not any("10 min" in h for h in header)
+
 
 @pytest.mark.parametrize("engine,preset_engine", [("vllm", "vllm"), ("hf", "hf")])
 def test_both_sides_follow_the_shipped_quickstart(engine, preset_engine):
