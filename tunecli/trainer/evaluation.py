@@ -21,6 +21,7 @@ from tunecli.config import paths
 from tunecli.config.io import load_recipe
 from tunecli.config.schema import EMBEDDED_MODEL, Recipe
 from tunecli.errors import TuneError
+from tunecli.trainer import heap
 from tunecli.trainer.data import PromptSample, load_splits, render_prompts
 from tunecli.data.splits import source_examples
 from tunecli.trainer.data.synthetic import GENERATORS
@@ -147,6 +148,7 @@ class EvalResult:
                 "greedy_reward": round(self.greedy_reward, 6), **{k: round(v, 6) for k, v in self.sampled.items()}}
 
 
+@heap.start_up()  # as the trainer's setup: no full collections over what loads here
 def _start_engine(target: EvalTarget) -> tuple[RolloutEngine, Any]:
     """The recipe's engine on TARGET's weights, started as the trainer starts it; (engine, tokenizer)."""
     from tunecli.trainer.export import load_trained
@@ -185,6 +187,7 @@ def evaluate(target: EvalTarget, examples: list, samples: int = 1) -> EvalResult
         return result
     finally:
         engine.close()
+        heap.release()  # _start_engine froze what it loaded
 
 
 def base_target(target: EvalTarget) -> EvalTarget:

@@ -27,7 +27,7 @@ from tunecli.config.io import dump_recipe
 from tunecli.config.rules import batch_problems
 from tunecli.config.schema import Recipe
 from tunecli.errors import EXIT_INTERRUPTED, TuneError
-from tunecli.trainer import checkpoint, distributed, guards, rundir
+from tunecli.trainer import checkpoint, distributed, guards, heap, rundir
 from tunecli.trainer.batching import MiniBatch, micro_batches, mini_batch_chunks, minibatch_indices, pad_rows, plan_mini_batch
 from tunecli.trainer.data import PromptSample, PromptSampler, load_splits, render_prompts
 from tunecli.trainer.evaluation import greedy_sampling, render_settings, score_held_out
@@ -67,6 +67,7 @@ class Trainer:
     # =========================================================================================
     # setup
     # =========================================================================================
+    @heap.start_up()  # no full collections over the start-up's long-lived objects
     def setup(self) -> None:
         cfg = self.recipe
         self.dist = distributed.init(cfg.trainer.device)
@@ -215,14 +216,13 @@ class Trainer:
             self.scheduler.step()
         t_end = now()
 
-        lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32)  # [N]
         metrics = {
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
             "reward/acc": (rewards >= 1.0).float().mean().item(),
             **scores.metrics(),  # reward/NAME per function, timing/reward_s
             "groups/zero_variance_frac": 1.0 - varied.float().mean().item(),
-            "response/length": lengths.mean().item(),
+            "response/length": sum(len(r) for r in rollout.response_ids) / len(rollout),
             "response/truncated_frac": 1.0 - sum(rollout.finished) / len(rollout),
             "actor/lr": lr,
             **update,
@@ -424,6 +424,7 @@ class Trainer:
     def cleanup(self) -> None:
         if self.engine is not None:
             self.engine.close()
+        heap.release()  # setup froze its objects (heap.start_up); they go back to the collector
         if getattr(self, "memory", None):
             self.memory.stop()
         if self.lock is not None:

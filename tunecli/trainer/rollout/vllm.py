@@ -43,6 +43,7 @@ import torch
 
 from tunecli.config.sizes import kv_cache_bytes_per_token
 from tunecli.console import is_verbose
+from tunecli.trainer import heap
 from tunecli.trainer.policy import DTYPES
 from tunecli.trainer.rollout.base import EngineSettings, Rollout, SamplingSettings
 from tunecli.trainer.weights import WeightFormat, WeightStream
@@ -212,6 +213,7 @@ class VLLMEngine:
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
         narrowing, loader = _ExpectedNarrowing(cfg.dtype), logging.getLogger(_LOADER_LOGGER)
         loader.addFilter(narrowing)  # the files are read here only: syncs arrive in the engine's dtype
+        heap.settle()  # vLLM's start runs full collections: not over the objects already loaded
         start = time.perf_counter()
         try:
             self.llm = LLM(**kwargs)
