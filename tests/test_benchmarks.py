@@ -19,6 +19,7 @@ import compare_trl  # noqa: E402
 import compile_update  # noqa: E402
 import limits  # noqa: E402
 import prefix_sharing  # noqa: E402
+import startup  # noqa: E402
 
 
 def test_step_stats_and_speedup():
@@ -168,3 +169,23 @@ def test_compile_update_profile_reports_the_matmul_share(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     share = int(last.rsplit("matmuls (mm, bmm, addmm) ", 1)[1].split("%")[0])
     assert 0 < share < 100
+
+
+def test_startup_untouched_collector_leaves_pythons_defaults(monkeypatch):
+    import gc
+
+    from tunecli.trainer import heap
+
+    monkeypatch.setattr(heap, "gc", startup.untouched_collector())
+    with heap.start_up():
+        assert gc.isenabled()  # nothing parked
+    assert gc.get_freeze_count() == 0  # nothing frozen
+
+
+def test_startup_table_lists_each_run_per_collector():
+    runs = [{"mode": m, "setup_s": s, "full_collections": c, "full_collection_s": t, "peak_rss_gib": 3.3}
+            for m, s, c, t in [("shipped", 9.9, 2, 0.5), ("untouched", 13.0, 14, 3.6), ("shipped", 10.1, 3, 0.6),
+                               ("untouched", 12.4, 14, 3.2)]]
+    lines = startup.table(runs).splitlines()
+    assert lines[2:] == ["| shipped | 9.90 / 10.10 | 10.00 | 2-3 | 0.55 | 3.30 |",
+                         "| untouched | 13.00 / 12.40 | 12.70 | 14 | 3.40 | 3.30 |"]

@@ -34,10 +34,12 @@ def test_start_up_parks_the_collector_and_freezes_only_survivors():
     assert all(o is not kept for o in gc.get_objects()), "a survivor is still walked by collections"
 
 
-def test_start_up_restores_the_collector_when_setup_fails():
+def test_start_up_restores_the_collector_and_freezes_nothing_when_setup_fails():
     with pytest.raises(RuntimeError), heap.start_up():
+        heap.settle()  # as the vllm engine does before it starts
         raise RuntimeError("setup failed")
     assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
 
 
 def test_start_up_leaves_a_disabled_collector_disabled():

@@ -10,9 +10,15 @@ setup on.
 
 from __future__ import annotations
 
+import atexit
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# A process that exits with objects still frozen (one that never ran cleanup, such as a test): give them
+# back first, so the interpreter's last collection frees them as it would have (extension modules such
+# as triton's otherwise report them as leaks on the way out).
+atexit.register(gc.unfreeze)
 
 
 def settle() -> None:
@@ -23,13 +29,19 @@ def settle() -> None:
 
 @contextmanager
 def start_up() -> Iterator[None]:
-    """Automatic collections off while long-lived objects load; what is still alive at the end is settled."""
+    """Automatic collections off while long-lived objects load; what is still alive at the end is settled.
+
+    A start-up that fails leaves nothing frozen: its objects are garbage to be collected, not kept.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-    finally:
         settle()
+    except BaseException:
+        release()
+        raise
+    finally:
         if enabled:
             gc.enable()
 
@@ -38,6 +50,6 @@ def release() -> None:
     """Hand the frozen objects back to the collector: their owner (a trainer, an eval engine) is done.
 
     vLLM's shutdown does the same; without it a closed trainer's model could never be freed in a
-    longer-lived process, and the interpreter's exit would not collect them either.
+    process that goes on (a test session, a notebook).
     """
     gc.unfreeze()
