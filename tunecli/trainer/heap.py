@@ -2,7 +2,7 @@
 
 Start-up builds ~850K objects that live as long as the process (torch's, transformers', peft's and
 vLLM's modules and configs, the model's modules). Every full collection walks all of them, and the
-quickstart's start-up ran 14 (3.7 s of it on the 2-core test machine): automatic ones while modules
+quickstart's start-up ran 14 (about 3 s of it on the 2-core test machine): automatic ones while modules
 import, and vLLM's own ``gc.collect()`` calls while its engine starts. vLLM freezes its heap once its
 engine is up (``freeze_gc_heap``) and unfreezes it at shutdown; this does the same from the trainer's
 setup on.
