@@ -5,11 +5,14 @@ No timed assertions: the machine is shared, so only the arithmetic and the plumb
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from tunecli.trainer import heap
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -172,10 +175,6 @@ def test_compile_update_profile_reports_the_matmul_share(capsys):
 
 
 def test_startup_untouched_collector_leaves_pythons_defaults(monkeypatch):
-    import gc
-
-    from tunecli.trainer import heap
-
     monkeypatch.setattr(heap, "gc", startup.untouched_collector())
     with heap.start_up():
         assert gc.isenabled()  # nothing parked
