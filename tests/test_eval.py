@@ -117,3 +117,22 @@ def test_eval_of_a_model_directory_and_a_catalogue_model_on_given_data(tmp_path,
     assert row["questions"] == 5 and row["model"] == str(tiny_model_dir)
     (row,) = _eval_json("smollm2-135m", "--data", "arithmetic", "--limit", "2", "--engine", "hf")["results"]
     assert row["questions"] == 2 and 0.0 <= row["greedy_acc"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_eval_baseline_on_one_vllm_engine_equals_two_separate_evaluations(tmp_path_factory):
+    """`--baseline --engine vllm` scores the base on the engine as it started, then pushes the trained
+    weights into it: each number must equal the one a separate engine gives."""
+    pytest.importorskip("vllm")
+    from tests.conftest import make_tiny_model
+
+    tmp = tmp_path_factory.mktemp("eval-vllm")
+    model_dir = make_tiny_model(tmp / "tiny", hidden=128)  # head_dim 32: vLLM's CPU attention needs >= 32
+    config, run_dir = _train(tmp, model_dir)
+    (trained,) = _eval_json(str(run_dir), "--engine", "vllm")["results"]
+    (base,) = _eval_json(str(model_dir), "--config", str(config), "--engine", "vllm")["results"]
+    assert base["greedy_reward"] != trained["greedy_reward"]  # a missed push, or the wrong order, would show
+    pair = _eval_json(str(run_dir), "--engine", "vllm", "--baseline")["results"]
+    for shared, alone in zip(pair, (base, trained), strict=True):
+        assert (shared["greedy_acc"], shared["greedy_reward"]) == pytest.approx((alone["greedy_acc"], alone["greedy_reward"]), abs=1e-6)

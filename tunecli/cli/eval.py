@@ -42,9 +42,7 @@ def register(app: typer.Typer) -> None:
                                 "pass --config NAME.yaml (its held-out split) or --data FILE.jsonl.", field="--config")
             found.recipe = evaluation.with_inputs(found.recipe, data=data, reward=reward, limit=limit, engine=engine)
             examples = evaluation.held_out_examples(found.recipe, data)
-            results = [evaluation.evaluate(found, examples, samples)]
-            if baseline:
-                results.insert(0, evaluation.evaluate(evaluation.base_target(found), examples, samples))
+            results = evaluation.evaluate(found, examples, samples, baseline=baseline)
         except TuneError as e:
             console.error(str(e))
             raise typer.Exit(1) from None

