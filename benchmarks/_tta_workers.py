@@ -49,7 +49,9 @@ def quickstart_recipe(spec: Spec):
     from tunecli.config.io import recipe_from_dict
 
     preset = "quickstart" if spec.engine == "vllm" else "quickstart-hf"
+    # The budget is the run's length (a cosine LR decays over it); the steps only cap it.
     overrides = [f"trainer.seed={spec.seed}", f"data.val_size={spec.questions}", "trainer.total_training_steps=100000",
+                 f"trainer.total_training_minutes={spec.minutes}",
                  "trainer.test_freq=-1", "trainer.save_freq=-1", "trainer.val_before_train=false",
                  "trainer.resume=false", *([f"trainer.num_threads={spec.threads}"] if spec.threads else []), *spec.overrides]
     return recipe_from_dict(load_catalog().preset(preset).recipe, overrides)
@@ -123,13 +125,14 @@ def tunecli_worker(spec: Spec) -> None:
 
 def _tunecli_settings(recipe, compute_dtype: str) -> str:
     a, r, d = recipe.actor, recipe.rollout, recipe.data
-    return (f"{r.name} engine ({r.dtype} sampling), compute {compute_dtype} ({a.compute_dtype}), lr {a.lr}, {d.train_batch_size} prompts x "
+    return (f"{r.name} engine ({r.dtype} sampling), compute {compute_dtype} ({a.compute_dtype}), lr {a.lr} {a.lr_scheduler_type}, {d.train_batch_size} prompts x "
             f"{r.n}, clip {a.clip_ratio_low}/{a.clip_ratio_high}, loss {a.loss_agg_mode}, kl {a.use_kl_loss}")
 
 
 # -- TRL -------------------------------------------------------------------------------------------
 TRL_SETTINGS = ("bf16 autocast (faster than fp32 here: compare_trl.py), no gradient checkpointing, transformers "
-                "generate (TRL's vLLM mode needs CUDA), torch threads = cores, loss_type bnpo (token-mean)")
+                "generate (TRL's vLLM mode needs CUDA), torch threads = cores, loss_type bnpo (token-mean), the recipe's "
+                "peak lr held constant (transformers' schedules follow steps, and how many fit the budget is not known)")
 
 
 def trl_worker(spec: Spec) -> None:

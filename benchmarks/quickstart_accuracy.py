@@ -9,7 +9,8 @@ Held-out numbers on the same 64 arithmetic questions the model never trains on:
   greedy   the trainer's validation accuracy (temperature 0), before the first step and at the end
   sampled  (--sampled K) mean accuracy of K samples per question at the training temperature (what
            GRPO optimises); off by default: on a busy 2-core CPU it costs minutes
-The budget (trainer.max_minutes) covers model loading, training and the trainer's two validations;
+The budget is the run's length (trainer.total_training_minutes: a cosine LR decays over it); it covers
+model loading, training and the trainer's two validations;
 the sampled evaluations run outside it. Results go to benchmarks/results/quickstart_accuracy.json.
 """
 
@@ -67,7 +68,7 @@ def main() -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data = yaml.safe_load(Path(args.config).read_text()) if args.config else quickstart_recipe_dict()
-    overrides = [*([] if args.config else BENCH_OVERRIDES), f"trainer.max_minutes={args.minutes}", "trainer.default_local_dir=benchmarks/results/quickstart-run"]
+    overrides = [*([] if args.config else BENCH_OVERRIDES), f"trainer.total_training_minutes={args.minutes}", "trainer.default_local_dir=benchmarks/results/quickstart-run"]
     busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
     if args.threads != "auto" or busy:
         overrides.append(f"trainer.num_threads={1 if args.threads == 'auto' else int(args.threads)}")

@@ -357,6 +357,23 @@ def test_a_new_run_length_is_refused_when_it_reshapes_a_cosine_schedule(tmp_path
     assert refused.value.field == field and f"{saved} -> {total} steps" in message and "--no-resume" in message
 
 
+
+@pytest.mark.parametrize("schedule,refused", [("cosine", True), ("constant", False)])
+def test_a_new_run_length_in_minutes_is_refused_when_it_reshapes_a_cosine_schedule(tmp_path, schedule, refused):
+    from tunecli.errors import TuneError
+    from tunecli.trainer import checkpoint
+
+    model, optimizer = _model()
+    common = (f"actor.lr_scheduler_type={schedule}", "trainer.total_training_steps=100")
+    _save(tmp_path, 1, model, optimizer, _config(*common, "trainer.total_training_minutes=10"), schedule_steps=100)
+    longer = _config(*common, "trainer.total_training_minutes=20")
+    if not refused:
+        assert checkpoint.resume(tmp_path, model, optimizer, longer, total_steps=100)[0].name == "step_1"
+        return
+    with pytest.raises(TuneError) as error:
+        checkpoint.resume(tmp_path, model, optimizer, longer, total_steps=100)
+    assert error.value.field == "trainer.total_training_minutes" and "10.0 -> 20.0 minutes" in str(error.value)
+
 # -- 7. metrics.jsonl survives a kill while it is rewritten ----------------------------------------------
 class _Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs."""

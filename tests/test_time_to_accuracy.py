@@ -110,3 +110,5 @@ def test_both_sides_follow_the_shipped_quickstart(engine, preset_engine):
     recipe = _tta_workers.quickstart_recipe(spec)
     assert recipe.rollout.name == preset_engine and recipe.trainer.seed == 2 and recipe.data.val_size == 128
     assert recipe.reward.function == "arithmetic" and recipe.rollout.n == 8 and recipe.data.train_batch_size == 4
+    # the budget is the run's length, so the shipped cosine LR lands at its end
+    assert recipe.trainer.total_training_minutes == spec.minutes and recipe.actor.lr_scheduler_type == "cosine"

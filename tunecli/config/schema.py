@@ -308,6 +308,13 @@ class TrainerConfig(Section):
         None, gt=0, le=527_040,
         description="Wall-clock budget (at most a year): no new step starts unless it and the final validation fit.",
     )
+    total_training_minutes: float | None = Field(
+        None, gt=0, le=527_040,
+        description="The run's length in wall-clock minutes, model loading included and summed over resumes: the run "
+        "ends when the next step and the final validation would not fit, and a cosine LR schedule decays over it "
+        "(with total_training_steps, whichever ends first). trainer.max_minutes is one launch's budget; the schedule "
+        "ignores it.",
+    )
     # -- trackers (issue 13) --
     logger: list[Tracker] = Field(
         ["console"], description="Where metrics go besides runs/NAME/metrics.jsonl (always written): console, "

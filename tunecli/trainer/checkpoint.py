@@ -87,18 +87,27 @@ def math_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return diffs
 
 
-def schedule_difference(state: dict[str, Any], current: dict[str, Any], total_steps: int) -> str | None:
+def schedule_difference(state: dict[str, Any], saved: dict[str, Any], current: dict[str, Any], total_steps: int) -> str | None:
     """'field: saved -> current' when a resumed run's length would reshape its LR schedule, else None.
 
-    A cosine schedule decays over the run's total steps, so a different total changes every later
-    learning rate; a constant one does not care. ``state`` is the checkpoint's trainer state.
+    A cosine schedule decays over the run's total steps (or trainer.total_training_minutes), so a
+    different length changes every later learning rate; a constant one does not care. ``state`` is
+    the checkpoint's trainer state, ``saved`` its recipe.
     """
-    saved = state.get("schedule_steps")
-    if saved is None or saved == total_steps or current["actor"]["lr_scheduler_type"] != "cosine":
+    if current["actor"]["lr_scheduler_type"] != "cosine":
+        return None
+    key = "total_training_minutes"
+    old_minutes, minutes = saved.get("trainer", {}).get(key), current["trainer"].get(key)
+    if old_minutes != minutes:
+        return (f"trainer.{key}: the run's length {old_minutes} -> {minutes} minutes (actor.lr_scheduler_type cosine "
+                f"decays over it, so every later learning rate would change; keep it at {old_minutes} and stop early "
+                "with Ctrl-C or trainer.max_minutes instead)")
+    old_steps = state.get("schedule_steps")
+    if old_steps is None or old_steps == total_steps:
         return None
     decided_by = "trainer.total_training_steps" if current["trainer"]["total_training_steps"] else "trainer.total_epochs"
-    return (f"{decided_by}: the run's length {saved} -> {total_steps} steps (actor.lr_scheduler_type cosine decays "
-            f"over the run's total steps, so every later learning rate would change; keep the length at {saved} "
+    return (f"{decided_by}: the run's length {old_steps} -> {total_steps} steps (actor.lr_scheduler_type cosine decays "
+            f"over the run's total steps, so every later learning rate would change; keep the length at {old_steps} "
             "steps and stop early with Ctrl-C or trainer.max_minutes instead)")
 
 
@@ -106,7 +115,7 @@ def check_compatible(ckpt: Path, current: dict[str, Any], state: dict[str, Any] 
     """Refuse to resume ``ckpt`` under a recipe (and run length) that would train differently."""
     saved = yaml.safe_load((ckpt / "config.yaml").read_text())
     diffs = math_differences(saved, current)
-    if state is not None and total_steps is not None and (reshaped := schedule_difference(state, current, total_steps)):
+    if state is not None and total_steps is not None and (reshaped := schedule_difference(state, saved, current, total_steps)):
         diffs.append(reshaped)
     if diffs:
         raise TuneError(

@@ -62,7 +62,7 @@ class Trainer:
         self.resume_hint = resume_hint or "the same `tune train` command (or `tune run NAME.sh`)"
         self.step = 0
         self.engine = self.lock = None
-        self.stop = StopRules(recipe.trainer.max_minutes)  # the time budget starts now
+        self.stop = StopRules(recipe.trainer.max_minutes, recipe.trainer.total_training_minutes)  # the time budgets start now
 
     # =========================================================================================
     # setup
@@ -127,7 +127,7 @@ class Trainer:
         actor = self.recipe.actor
         self.optimizer = adamw(self.policy.trainable_parameters(), lr=actor.lr, weight_decay=actor.weight_decay)
         self.schedule_steps = self.total_steps  # the LR schedule's length (a time budget may end the run sooner)
-        lr_factor = lr_lambda(actor.lr_warmup_steps, self.schedule_steps, actor.lr_scheduler_type)
+        lr_factor = lr_lambda(actor.lr_warmup_steps, self.schedule_steps, actor.lr_scheduler_type, self.stop.run_progress)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
 
     def _resume_or_start(self) -> None:
@@ -139,7 +139,7 @@ class Trainer:
         if resumed is None:
             return
         latest, state = resumed
-        self.step = int(state["step"])
+        self.step, self.stop.elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         self.sampler.load_state_dict(state["sampler"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._sync_engine()  # the engine started from model.path, not from the checkpoint
@@ -155,8 +155,8 @@ class Trainer:
             if self.step == 0 and cfg.val_before_train:
                 self.validate()
             while self.step < self.total_steps:
-                if self.stop.out_of_time():
-                    self._print(f"Time budget of {cfg.max_minutes} min reached after {self.step} steps.")
+                if (budget := self.stop.out_of_time()) is not None:
+                    self._print(f"{budget} reached after {self.step} steps.")
                     self.total_steps = self.step
                     break
                 data_position, rng = self.sampler.state_dict(), checkpoint.rng_state()
@@ -407,7 +407,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "schedule_steps": self.schedule_steps}
+                 "schedule_steps": self.schedule_steps, "elapsed_s": self.stop.run_elapsed()}
         return checkpoint.save(self.run_dir, self.step, self.policy.model, self.optimizer, state, dump_recipe(self.recipe))
 
     def _print(self, text) -> None:

@@ -1,4 +1,5 @@
-"""When a run stops before its last step: on Ctrl-C / SIGTERM, or when trainer.max_minutes runs out.
+"""When a run stops before its last step: on Ctrl-C / SIGTERM, or when a time budget runs out
+(trainer.max_minutes for this launch, trainer.total_training_minutes for the whole run).
 
 Every rank catches the signal and measures its own time; they agree through a sum over ranks, so
 all of them stop after the same step. A signal that lands inside a reward's own code abandons that
@@ -22,12 +23,27 @@ class StopRequested(BaseException):
 
 
 class StopRules:
-    def __init__(self, max_minutes: float | None):
-        self.max_minutes = max_minutes
+    def __init__(self, max_minutes: float | None, total_minutes: float | None = None):
+        self.max_minutes, self.total_minutes = max_minutes, total_minutes
         self.requested = False  # a signal arrived on this rank
-        self.started = now()  # the time budget counts from here (model loading included)
+        self.started = now()  # the time budgets count from here (model loading included)
+        self.elapsed_before = 0.0  # the run's seconds in earlier launches (a resumed run's checkpoint)
+        self.length_spent = False  # what is left of total_training_minutes holds no step
         self.last_validation_s = 0.0
         self._step_times: list[float] = []
+
+    def run_elapsed(self) -> float:
+        """Seconds of the whole run so far: earlier launches and this one; all of the run's length once
+        the rest was too short for a step (so a relaunch takes none either)."""
+        elapsed = self.elapsed_before + now() - self.started
+        return max(elapsed, self.total_minutes * 60) if self.length_spent else elapsed
+
+    def run_progress(self) -> float:
+        """How much of trainer.total_training_minutes is spent (0 without it): what a cosine LR follows.
+        A collective when set: every rank must step with the same learning rate (the ranks' mean)."""
+        if not self.total_minutes:
+            return 0.0
+        return distributed.all_reduce_sum(self.run_elapsed()) / distributed.world_size() / (self.total_minutes * 60)
 
     def install_signal_handlers(self) -> None:
         try:
@@ -66,11 +82,19 @@ class StopRules:
     def step_done(self, seconds: float) -> None:
         self._step_times.append(seconds)
 
-    def out_of_time(self) -> bool:
-        """Would the next step plus the final validation overrun trainer.max_minutes?"""
-        if self.max_minutes is None or not self._step_times:
-            return False
+    def out_of_time(self) -> str | None:
+        """The time budget the next step plus the final validation would overrun, if any: the same answer
+        on every rank (the slowest rank's view wins). trainer.max_minutes lets a launch take one step
+        first; trainer.total_training_minutes counts earlier launches too, so a spent run takes none."""
         recent = self._step_times[-5:]
-        needed = now() - self.started + sum(recent) / len(recent) + self.last_validation_s
-        # Every rank must take the same decision: the slowest rank's view wins.
-        return distributed.all_reduce_sum(float(needed > self.max_minutes * 60)) > 0
+        ahead = (sum(recent) / len(recent) if recent else 0.0) + self.last_validation_s
+        if self.max_minutes is not None and recent and self._any_rank(now() - self.started + ahead > self.max_minutes * 60):
+            return f"Time budget of {self.max_minutes:g} min (trainer.max_minutes)"
+        if self.total_minutes is not None and self._any_rank(self.run_elapsed() + ahead >= self.total_minutes * 60):
+            self.length_spent = True
+            return f"The run's length of {self.total_minutes:g} min (trainer.total_training_minutes)"
+        return None
+
+    @staticmethod
+    def _any_rank(flag: bool) -> bool:
+        return distributed.all_reduce_sum(float(flag)) > 0
