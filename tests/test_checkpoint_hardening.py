@@ -373,6 +373,12 @@ def test_a_new_run_length_in_minutes_is_refused_when_it_reshapes_a_cosine_schedu
     with pytest.raises(TuneError) as error:
         checkpoint.resume(tmp_path, model, optimizer, longer, total_steps=100)
     assert error.value.field == "trainer.total_training_minutes" and "10.0 -> 20.0 minutes" in str(error.value)
+    assert "keep it at 10.0" in str(error.value)
+    unset = _config(*common)  # a run measured in steps, resumed with a length in minutes
+    _save(tmp_path, 2, model, optimizer, unset, schedule_steps=100)
+    with pytest.raises(TuneError) as error:
+        checkpoint.resume(tmp_path, model, optimizer, _config(*common, "trainer.total_training_minutes=5"), total_steps=100)
+    assert "None -> 5.0 minutes" in str(error.value) and "keep it unset" in str(error.value)
 
 # -- 7. metrics.jsonl survives a kill while it is rewritten ----------------------------------------------
 class _Killed(BaseException):

@@ -99,8 +99,9 @@ def schedule_difference(state: dict[str, Any], saved: dict[str, Any], current: d
     key = "total_training_minutes"
     old_minutes, minutes = saved.get("trainer", {}).get(key), current["trainer"].get(key)
     if old_minutes != minutes:
+        keep = "unset" if old_minutes is None else f"at {old_minutes}"
         return (f"trainer.{key}: the run's length {old_minutes} -> {minutes} minutes (actor.lr_scheduler_type cosine "
-                f"decays over it, so every later learning rate would change; keep it at {old_minutes} and stop early "
+                f"decays over it, so every later learning rate would change; keep it {keep} and stop early "
                 "with Ctrl-C or trainer.max_minutes instead)")
     old_steps = state.get("schedule_steps")
     if old_steps is None or old_steps == total_steps:
