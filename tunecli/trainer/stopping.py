@@ -43,7 +43,7 @@ class StopRules:
         A collective when set: every rank must step with the same learning rate (the ranks' mean)."""
         if not self.total_minutes:
             return 0.0
-        return distributed.all_reduce_sum(self.run_elapsed()) / distributed.world_size() / (self.total_minutes * 60)
+        return distributed.all_reduce_mean({"elapsed": self.run_elapsed()})["elapsed"] / (self.total_minutes * 60)
 
     def install_signal_handlers(self) -> None:
         try:
@@ -77,7 +77,7 @@ class StopRules:
 
     def should_stop(self) -> bool:
         """True on every rank as soon as any rank got a signal (they must stop at the same step)."""
-        return distributed.all_reduce_sum(float(self.requested)) > 0
+        return self._any_rank(self.requested)
 
     def step_done(self, seconds: float) -> None:
         self._step_times.append(seconds)
