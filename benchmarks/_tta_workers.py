@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from tunecli.trainer.schedule import lr_lambda
+
 T0 = time.perf_counter()  # the child's clock starts before its heavy imports
 
 
@@ -40,6 +42,7 @@ class Spec:
     snapshot_dirs: list[str] = field(default_factory=list)  # eval: the runs to score
     score_marks: list[float] = field(default_factory=list)  # eval: marks scored greedy (empty: all)
     sampled_marks: list[float] = field(default_factory=list)  # eval: marks also scored with `samples` samples
+    trl_lr: str = "constant"  # trl: the recipe's peak held | recipe: its schedule (a cosine by the clock, as tunecli's)
 
 
 # -- the recipe both sides follow ------------------------------------------------------------------
@@ -130,9 +133,25 @@ def _tunecli_settings(recipe, compute_dtype: str) -> str:
 
 
 # -- TRL -------------------------------------------------------------------------------------------
-TRL_SETTINGS = ("bf16 autocast (faster than fp32 here: compare_trl.py), no gradient checkpointing, transformers "
-                "generate (TRL's vLLM mode needs CUDA), torch threads = cores, loss_type bnpo (token-mean), the recipe's "
-                "peak lr held constant (transformers' schedules follow steps, and how many fit the budget is not known)")
+def lr_setter(lr: float, warmup: int, schedule: str, budget_s: float, clock=time.perf_counter):
+    """What TRL's optimizer gets before each step: the quickstart's lr factor (schedule.lr_lambda), a
+    cosine following the run's clock as tunecli's does. transformers' schedules follow steps, and how
+    many fit the budget is not known."""
+    started = clock()
+    factor = lr_lambda(warmup, 10**9, schedule, lambda: (clock() - started) / budget_s)
+
+    def set_lr(optimizer, step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor(step)
+
+    return set_lr
+
+
+def _trl_settings(lr: float, schedule: str) -> str:
+    return ("bf16 autocast (faster than fp32 here: compare_trl.py), no gradient checkpointing, transformers generate "
+            "(TRL's vLLM mode needs CUDA), torch threads = cores, loss_type bnpo (token-mean), "
+            + (f"lr {lr} cosine to the run's end by the clock, as the quickstart (set before each optimizer step)"
+               if schedule == "cosine" else f"lr {lr} held constant"))
 
 
 def trl_worker(spec: Spec) -> None:
@@ -165,10 +184,17 @@ def trl_worker(spec: Spec) -> None:
             out.append(float(recipe.reward.truncated_score) if cut else arithmetic("", c[0]["content"], gt))
         return out
 
+    schedule = a.lr_scheduler_type if spec.trl_lr == "recipe" else "constant"
+    set_lr = lr_setter(a.lr, a.lr_warmup_steps, schedule, budget)  # the clock starts before the trainer is built
+
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.load_s = elapsed()
             snaps.start(model)
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+            set_lr(optimizer, state.global_step)  # transformers logs its own scheduler's (constant) lr
+            print(f"step {state.global_step + 1}: lr {optimizer.param_groups[0]['lr']:.3g} at {elapsed():.0f} s", flush=True)
 
         def on_step_end(self, args, state, control, model=None, **kw):
             snaps.after_step(model, state.global_step)
@@ -191,7 +217,7 @@ def trl_worker(spec: Spec) -> None:
     trainer.train()
     snaps.finish(budget)
     write_run_info(folder, contender="trl", seed=spec.seed, load_s=clock.load_s, steps=trainer.state.global_step,
-                   train_s=elapsed() - clock.load_s, settings=TRL_SETTINGS)
+                   train_s=elapsed() - clock.load_s, settings=_trl_settings(a.lr, schedule))
 
 
 # -- the evaluator ---------------------------------------------------------------------------------

@@ -112,3 +112,31 @@ def test_both_sides_follow_the_shipped_quickstart(engine, preset_engine):
     assert recipe.reward.function == "arithmetic" and recipe.rollout.n == 8 and recipe.data.train_batch_size == 4
     # the budget is the run's length, so the shipped cosine LR lands at its end
     assert recipe.trainer.total_training_minutes == spec.minutes and recipe.actor.lr_scheduler_type == "cosine"
+
+
+def _lr_at(set_lr, clock, times, step=3):
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=0.5)
+    seen = []
+    for t in times:
+        clock.now = t
+        set_lr(optimizer, step)
+        seen.append(optimizer.param_groups[0]["lr"])
+    return seen
+
+
+def test_trl_follows_the_quickstarts_cosine_by_the_clock():
+    clock = Clock()
+    clock.now = 100.0  # the run's clock starts when the setter is made
+    cosine = _tta_workers.lr_setter(1e-4, 0, "cosine", 600.0, clock)
+    assert _lr_at(cosine, clock, [100, 250, 400, 550, 700, 900]) == pytest.approx(
+        [1e-4, 1e-4 * (0.5 + 0.5 * 2**-0.5), 0.5e-4, 1e-4 * (0.5 - 0.5 * 2**-0.5), 0.0, 0.0], abs=1e-12)
+    constant = _tta_workers.lr_setter(1e-4, 0, "constant", 600.0, clock)
+    assert _lr_at(constant, clock, [100, 400, 900]) == pytest.approx([1e-4] * 3)
+    warming = _tta_workers.lr_setter(1e-4, 4, "cosine", 600.0, clock)
+    assert _lr_at(warming, clock, [900], step=0) == pytest.approx([0.25e-4])  # warmup by steps, as the trainer's
+
+
+def test_trl_settings_name_its_schedule():
+    assert "cosine to the run's end" in _tta_workers._trl_settings(1e-4, "cosine")
+    assert "lr 0.0001 held constant" in _tta_workers._trl_settings(1e-4, "constant")
