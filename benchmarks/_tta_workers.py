@@ -128,8 +128,9 @@ def tunecli_worker(spec: Spec) -> None:
 
 def _tunecli_settings(recipe, compute_dtype: str) -> str:
     a, r, d = recipe.actor, recipe.rollout, recipe.data
-    return (f"{r.name} engine ({r.dtype} sampling), compute {compute_dtype} ({a.compute_dtype}), lr {a.lr} {a.lr_scheduler_type}, {d.train_batch_size} prompts x "
-            f"{r.n}, clip {a.clip_ratio_low}/{a.clip_ratio_high}, loss {a.loss_agg_mode}, kl {a.use_kl_loss}")
+    return (f"{r.name} engine ({r.dtype} sampling), compute {compute_dtype} ({a.compute_dtype}), "
+            f"lr {a.lr} {a.lr_scheduler_type}, {d.train_batch_size} prompts x {r.n}, "
+            f"clip {a.clip_ratio_low}/{a.clip_ratio_high}, loss {a.loss_agg_mode}, kl {a.use_kl_loss}")
 
 
 # -- TRL -------------------------------------------------------------------------------------------
@@ -194,7 +195,8 @@ def trl_worker(spec: Spec) -> None:
 
         def on_step_begin(self, args, state, control, optimizer=None, **kw):
             set_lr(optimizer, state.global_step)  # transformers logs its own scheduler's (constant) lr
-            print(f"step {state.global_step + 1}: lr {optimizer.param_groups[0]['lr']:.3g} at {elapsed():.0f} s", flush=True)
+            lr = optimizer.param_groups[0]["lr"]
+            print(f"step {state.global_step + 1}: lr {lr:.3g} at {elapsed():.0f} s", flush=True)
 
         def on_step_end(self, args, state, control, model=None, **kw):
             snaps.after_step(model, state.global_step)

@@ -9,7 +9,8 @@ Both train the embedded SmolLM2-135M-Instruct on the quickstart's task (the `qui
 shipped: generated arithmetic, 4 prompts x 8 samples, 12 new tokens, LoRA r16, lr, no KL) for the same
 wall-clock budget, model loading included (reported separately). TRL runs with its fastest settings
 on this CPU and the recipe's peak lr held constant, its better schedule here (`--trl-lr recipe`: the
-quickstart's cosine by the clock); its settings are printed. Each run is its own child process, one after the other (never two at once).
+quickstart's cosine by the clock); its settings are printed. Each run is its own child process, one
+after the other (never two at once).
 Each saves its adapter as it stood at fixed wall-clock marks; afterwards one evaluator scores every
 snapshot of both on the same held-out questions (the quickstart's held-out split, 128 by default) with
 the same vLLM engine: greedy accuracy and the mean accuracy of 4 samples at the training temperature.
