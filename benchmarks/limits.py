@@ -16,6 +16,8 @@ shares it across the group's samples (its KV cache; the default), padding exclud
   the input embedding is a lookup, not a matmul); the head's share only counts the positions that
   predict response tokens, the only ones the trainer sends through it. Attention scores (~4 * layers * T * ctx * d) are left
   out: a few percent at these lengths, so the achieved FLOP/s is slightly understated.
+Step floor (``_step_floor.py``): the run's rollout and weight sync as measured plus its training FLOPs at
+100% of the peak, against TRL's step when the run lies in a compare_trl.py --workdir.
 Rollout: generated tokens/s against the decode roofline: min(bandwidth / weight bytes * concurrent
 sequences (each decode step reads every weight once), matmul peak of the engine's dtype / 2N).
 """
@@ -33,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import GIB, machine_summary, print_table, usable_cores  # noqa: E402
+from _step_floor import print_step_floor, step_floor, trl_median_step  # noqa: E402
 
 # ---------------------------------------------------------------- machine limits
 
@@ -269,6 +272,12 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
         recompute_old=recompute_old, reference=reference, head_params=head_params,
     )
     passes = (6 if recipe.model.method == "full" else 4) + 2 * recompute_old + 2 * reference
+    bf16 = recipe.actor.compute_dtype == "bfloat16"
+    step_flops = [training_flops(n_params, f.generated_tokens + p, method=recipe.model.method, recompute_old_logprobs=recompute_old,
+                                 reference_forward=reference, head_params=head_params, head_tokens=f.generated_tokens)
+                  for f, p in zip(fields, prompt_tokens[timed], strict=True)]
+    floor = step_floor(fields, step_flops, limits.bf16_flops if bf16 else limits.fp32_flops)
+    trl_step_s = trl_median_step(run_dir, warmup)
     decode_bound = rollout_bound(limits, n_params, weight_bytes, samples)
     print(
         f"\ntrainer ({recipe.model.method}, engine {recipe.rollout.name}, {rates.steps} timed steps, "
@@ -282,7 +291,7 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
         + (
             f"; compute_dtype bfloat16: {rates.train_flops_s / limits.bf16_flops:.0%} of the bf16 peak "
             f"({limits.bf16_flops / 1e9:.0f} GFLOP/s)"
-            if recipe.actor.compute_dtype == "bfloat16"
+            if bf16
             else ""
         )
         + (
@@ -297,8 +306,13 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
         f"sequences ({decode_bound:.0f} tok/s = min(bandwidth {limits.sum_bytes_s / 1e9:.0f} GB/s over "
         f"{weight_bytes / GIB:.2f} GiB of weights per decode step, matmul peak / 2N))"
     )
+    print_step_floor(floor, "bf16" if bf16 else "fp32", trl_step_s)
     return {
         "engine": recipe.rollout.name,
+        "step_floor_s": floor.floor_s,
+        "step_floor_no_sync_s": floor.no_sync_s,
+        "step_s": floor.step_s,
+        "trl_step_s": trl_step_s,
         "train_flops_s": rates.train_flops_s,
         "train_fraction_of_fp32": rates.train_flops_s / limits.fp32_flops,
         "rollout_tok_s": rates.rollout_tok_s,

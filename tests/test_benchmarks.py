@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
+import _step_floor  # noqa: E402
 import compare_trl  # noqa: E402
 import compile_update  # noqa: E402
 import limits  # noqa: E402
@@ -87,6 +88,27 @@ def test_rate_steps_and_rollout_bound():
     assert limits.rollout_bound(machine, 1_000_000, 4_000_000, 16) == pytest.approx(40_000)
     # bf16 weights halve the bytes and use the bf16 peak: min(80000*..., 2e11/2e6 = 100000)
     assert limits.rollout_bound(machine, 1_000_000, 2_000_000, 64) == pytest.approx(100_000)
+
+
+def test_step_floor_is_the_measured_rollout_and_sync_plus_training_at_the_peak():
+    fields = [
+        _common.StepFields(step_s=5.0, rollout_s=2.0, train_s=3.0, generated_tokens=100, sync_s=0.5),
+        _common.StepFields(step_s=7.0, rollout_s=3.0, train_s=4.0, generated_tokens=100, sync_s=0.3),
+        _common.StepFields(step_s=4.0, rollout_s=1.0, train_s=3.0, generated_tokens=100, sync_s=0.4),
+    ]
+    floor = _step_floor.step_floor(fields, [2e9, 1e9, 4e9], peak_flops=1e9)
+    # per step: 2 + 0.5 + 2 = 4.5, 3 + 0.3 + 1 = 4.3, 1 + 0.4 + 4 = 5.4; without the sync 4, 4, 5
+    assert floor.floor_s == pytest.approx(4.5) and floor.no_sync_s == pytest.approx(4.0)
+    assert (floor.step_s, floor.rollout_s, floor.sync_s, floor.train_at_peak_s) == pytest.approx((5.0, 2.0, 0.4, 2.0))
+
+
+def test_trl_median_step_pools_compare_trls_runs_after_their_warm_up(tmp_path):
+    run_dir = tmp_path / "tunecli-vllm-0"
+    run_dir.mkdir()
+    assert _step_floor.trl_median_step(run_dir) is None  # no TRL beside it
+    (tmp_path / "trl-0.json").write_text(json.dumps({"step_s": [99.0, 20.0, 22.0], "generated_tokens": [1, 1, 1]}))
+    (tmp_path / "trl-1.json").write_text(json.dumps({"step_s": [98.0, 30.0, 24.0], "generated_tokens": [1, 1, 1]}))
+    assert _step_floor.trl_median_step(run_dir) == pytest.approx(23.0)  # median of 20, 22, 30, 24
 
 
 def test_measure_machine_quick_gives_positive_numbers():
