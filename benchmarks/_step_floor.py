@@ -50,7 +50,14 @@ def trl_median_step(run_dir: Path, warmup: int = 1) -> float | None:
     return statistics.median(steps) if steps else None
 
 
-def print_step_floor(floor: StepFloor, peak_name: str, trl_step_s: float | None) -> None:
+def needed_training_fraction(floor: StepFloor, trl_step_s: float, ratio: float) -> float:
+    """The share of the matmul peak the training phase would need for a step ``ratio`` times shorter than
+    TRL's, with the run's rollout and sync as they are; inf when those alone leave no time for it."""
+    budget = trl_step_s / ratio - floor.rollout_s - floor.sync_s
+    return floor.train_at_peak_s / budget if budget > 0 else float("inf")
+
+
+def print_step_floor(floor: StepFloor, peak_name: str, trl_step_s: float | None, goal_ratio: float = 7.0) -> None:
     print(
         f"  step floor (rollout {floor.rollout_s:.2f} s + sync {floor.sync_s:.2f} s as measured, training at 100% of the "
         f"{peak_name} peak {floor.train_at_peak_s:.2f} s): {floor.floor_s:.2f} s, {floor.no_sync_s:.2f} s with no sync "
@@ -60,4 +67,9 @@ def print_step_floor(floor: StepFloor, peak_name: str, trl_step_s: float | None)
         print(
             f"  against TRL's median step {trl_step_s:.2f} s (trl-*.json beside the run): this run {trl_step_s / floor.step_s:.2f}x; "
             f"at most {trl_step_s / floor.floor_s:.2f}x with this rollout, {trl_step_s / floor.no_sync_s:.2f}x with no sync either"
+        )
+        needed = needed_training_fraction(floor, trl_step_s, goal_ratio)
+        print(
+            f"  a {goal_ratio:g}x step would need the training phase at {needed:.0%} of the {peak_name} peak with this rollout and sync"
+            if needed != float("inf") else f"  a {goal_ratio:g}x step is out of reach: this rollout and sync alone take longer"
         )

@@ -253,7 +253,7 @@ def is_on_policy(recipe) -> bool:
     return actor.ppo_epochs == 1 and recipe.data.train_batch_size == actor.ppo_mini_batch_size
 
 
-def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
+def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1, goal_ratio: float = 7.0) -> dict:
     """Print and return the trainer's achieved rates as fractions of the machine's limits."""
     from _common import read_metrics, step_fields
 
@@ -306,7 +306,7 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1) -> dict:
         f"sequences ({decode_bound:.0f} tok/s = min(bandwidth {limits.sum_bytes_s / 1e9:.0f} GB/s over "
         f"{weight_bytes / GIB:.2f} GiB of weights per decode step, matmul peak / 2N))"
     )
-    print_step_floor(floor, "bf16" if bf16 else "fp32", trl_step_s)
+    print_step_floor(floor, "bf16" if bf16 else "fp32", trl_step_s, goal_ratio)
     return {
         "engine": recipe.rollout.name,
         "step_floor_s": floor.floor_s,
@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", choices=["hf", "vllm"], action="append", default=[], help="run a short training with this engine and rate it")
     parser.add_argument("--steps", type=int, default=4, help="training steps for --run (the first is warm-up)")
     parser.add_argument("--workdir", type=Path, default=None, help="where --run keeps its runs")
+    parser.add_argument("--goal-ratio", type=float, default=7.0, help="with --metrics beside TRL's runs: the share of the peak a step this many times shorter than TRL's needs")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         run_dirs += [run_short_training(engine, args.steps, work) for engine in args.run]
     for run_dir in run_dirs:
-        out["runs"].append(rate_trainer(run_dir, limits))
+        out["runs"].append(rate_trainer(run_dir, limits, goal_ratio=args.goal_ratio))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

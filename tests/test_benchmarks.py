@@ -100,6 +100,10 @@ def test_step_floor_is_the_measured_rollout_and_sync_plus_training_at_the_peak()
     # per step: 2 + 0.5 + 2 = 4.5, 3 + 0.3 + 1 = 4.3, 1 + 0.4 + 4 = 5.4; without the sync 4, 4, 5
     assert floor.floor_s == pytest.approx(4.5) and floor.no_sync_s == pytest.approx(4.0)
     assert (floor.step_s, floor.rollout_s, floor.sync_s, floor.train_at_peak_s) == pytest.approx((5.0, 2.0, 0.4, 2.0))
+    # TRL 28 s: a 7x step is 4 s, rollout + sync leave 1.6 s for the 2 s of training at the peak
+    assert _step_floor.needed_training_fraction(floor, 28.0, 7.0) == pytest.approx(2.0 / 1.6)
+    assert _step_floor.needed_training_fraction(floor, 56.0, 7.0) == pytest.approx(2.0 / 5.6)
+    assert _step_floor.needed_training_fraction(floor, 14.0, 7.0) == float("inf")  # 2 s: the rollout alone
 
 
 def test_trl_median_step_pools_compare_trls_runs_after_their_warm_up(tmp_path):
