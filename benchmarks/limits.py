@@ -177,7 +177,7 @@ class RunRates:
     generated: int
 
 
-def rate_steps(
+def step_training_flops(
     fields: list,
     prompt_tokens: list[int],
     *,
@@ -186,16 +186,23 @@ def rate_steps(
     recompute_old: bool,
     reference: bool,
     head_params: int = 0,
-) -> RunRates:
-    """Achieved training FLOP/s and rollout tokens/s over the given steps (StepFields + prompt tokens each)."""
+) -> list[float]:
+    """``training_flops`` of each step (StepFields + its prompt tokens); the head runs on the generated tokens."""
+    return [
+        training_flops(n_params, f.generated_tokens + prompt, method=method, recompute_old_logprobs=recompute_old,
+                       reference_forward=reference, head_params=head_params, head_tokens=f.generated_tokens)
+        for f, prompt in zip(fields, prompt_tokens, strict=True)
+    ]
+
+
+def rate_steps(fields: list, prompt_tokens: list[int], **flop_args) -> RunRates:
+    """Achieved training FLOP/s and rollout tokens/s over the given steps (StepFields + prompt tokens each;
+    ``flop_args`` as ``step_training_flops`` takes them)."""
     train_s = sum(f.train_s - f.sync_s for f in fields)  # the update alone (sync is not training FLOPs)
     rollout_s = sum(f.rollout_s for f in fields)
     generated = sum(f.generated_tokens for f in fields)
     tokens = generated + sum(prompt_tokens)
-    flops = training_flops(
-        n_params, tokens, method=method, recompute_old_logprobs=recompute_old, reference_forward=reference,
-        head_params=head_params, head_tokens=generated,
-    )
+    flops = sum(step_training_flops(fields, prompt_tokens, **flop_args))  # the formula is linear in the tokens
     return RunRates(
         steps=len(fields),
         train_flops_s=flops / train_s if train_s else 0.0,
@@ -267,16 +274,13 @@ def rate_trainer(run_dir: Path, limits: MachineLimits, warmup: int = 1, goal_rat
     n_params, head_params, weight_bytes = model_size(recipe)
     recompute_old = not is_on_policy(recipe) and not recipe.rollout.use_rollout_logprobs
     reference = recipe.actor.use_kl_loss
-    rates = rate_steps(
-        fields, prompt_tokens[timed], n_params=n_params, method=recipe.model.method,
-        recompute_old=recompute_old, reference=reference, head_params=head_params,
-    )
+    flop_args = dict(n_params=n_params, method=recipe.model.method, recompute_old=recompute_old, reference=reference,
+                     head_params=head_params)
+    rates = rate_steps(fields, prompt_tokens[timed], **flop_args)
     passes = (6 if recipe.model.method == "full" else 4) + 2 * recompute_old + 2 * reference
     bf16 = recipe.actor.compute_dtype == "bfloat16"
-    step_flops = [training_flops(n_params, f.generated_tokens + p, method=recipe.model.method, recompute_old_logprobs=recompute_old,
-                                 reference_forward=reference, head_params=head_params, head_tokens=f.generated_tokens)
-                  for f, p in zip(fields, prompt_tokens[timed], strict=True)]
-    floor = step_floor(fields, step_flops, limits.bf16_flops if bf16 else limits.fp32_flops)
+    floor = step_floor(fields, step_training_flops(fields, prompt_tokens[timed], **flop_args),
+                       limits.bf16_flops if bf16 else limits.fp32_flops)
     trl_step_s = trl_median_step(run_dir, warmup)
     decode_bound = rollout_bound(limits, n_params, weight_bytes, samples)
     print(
